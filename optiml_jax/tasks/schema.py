@@ -1,0 +1,67 @@
+"""Plain data types shared by every stage of the task pipeline.
+
+Data flows one way: catalogue (TaskInfo) -> sources (Example) -> prompts (PromptedExample)
+-> registry/mixtures -> feature converters. These types are the only contract between stages.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+Benchmark = Literal[
+    "SuperNI", "PromptSource", "FLAN", "CrossFit", "ExMix", "T5", "UnifiedSKG", "Reasoning",
+    "BIG-bench", "BBH", "Pretraining", "Embedded",
+]
+BENCHMARKS: tuple[str, ...] = Benchmark.__args__  # type: ignore[attr-defined]
+
+Metric = Literal["accuracy", "exact_match", "rouge_l"]
+InstructionLevel = Literal["task", "instance"]
+
+# Where a task sits in a split definition (see optiml_jax/tasks/splits.py).
+SplitRole = Literal[
+    "train",               # used for training (its held-out instances give the "supervised" level)
+    "fully_heldout",       # category never seen in training
+    "partially_heldout",   # unseen task of a seen category
+    "excluded",            # dropped (leakage, non-English, eval-only data that is not in a split)
+]
+LEVELS: tuple[str, ...] = ("fully_heldout", "partially_heldout", "supervised")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """One task of the benchmark table (tasks/catalogue.tsv)."""
+
+    name: str
+    benchmark: str
+    category: str                      # unified taxonomy (SuperNI's 76 categories as the base)
+    source_dataset: str = ""
+    instruction_level: InstructionLevel = "task"
+    metric: Metric = "rouge_l"
+    split_role: str = "train"
+    num_instances: int = 0             # instances in the original release (may exceed what is on disk)
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One raw instance of a task, before any prompt formatting."""
+
+    id: str
+    input: str
+    outputs: tuple[str, ...]           # all references; outputs[0] is the training target
+    definition: str = ""               # task-level instruction ("" for instance-level tasks)
+    candidates: tuple[str, ...] = ()   # answer options => rank classification
+    rationale: str = ""                # chain-of-thought, for reasoning tasks
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptedExample:
+    """An example rendered into the bipartite (instruction, output) form."""
+
+    task: str
+    id: str
+    source: str                        # everything the model conditions on
+    target: str                        # what the loss is on (training) / the first reference
+    references: tuple[str, ...] = ()
+    candidates: tuple[str, ...] = ()
+    num_shots: int = 0
+    benchmark: str = ""

@@ -1,0 +1,30 @@
+"""Shared test set-up: 8 fake CPU devices, quiet TensorFlow, the real data directory."""
+import os
+import pathlib
+
+# Must happen before the first `import jax` anywhere in the test session.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("USE_TF", "0")  # transformers 4.x would import TensorFlow otherwise
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _real_data_dir() -> pathlib.Path | None:
+    candidates = [os.environ.get("OPTIML_DATA_DIR"), str(REPO.parent / "shared" / "data")]
+    for c in candidates:
+        if c and (pathlib.Path(c) / "superni").is_dir():
+            return pathlib.Path(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> pathlib.Path:
+    """The real task data (../shared/data or $OPTIML_DATA_DIR); skips with a clear message when absent."""
+    d = _real_data_dir()
+    if d is None:
+        pytest.skip("no real data directory: set OPTIML_DATA_DIR or place the data at ../shared/data")
+    return d
