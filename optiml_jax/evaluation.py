@@ -1,0 +1,512 @@
+"""Held-out evaluation following the paper's protocol (OPT-IML section 4.1, "Decoding" and "Model selection").
+
+For every evaluation task of a split (validation or test) and every shot setting (0 and k, k=5 by default; 2 for
+SuperNI comparisons):
+
+* examples come from `optiml_jax.tasks.pipeline.eval_examples` (all templates of a task merged) with the paper's
+  limits: at most 250 per validation task, the first 100 per SuperNI test task, all others on test;
+* an example with answer candidates is scored by rank classification (accuracy); any other example is decoded
+  greedily until EOS or 256 tokens and scored with its task's metric (Rouge-L F1 or exact match, 0-100);
+* a task's score is the mean over its examples (hence over its templates); a category's score the mean of its
+  tasks; a generalization level's score the mean of its categories; the model-selection number the mean of all
+  levels and shot settings.
+
+Outputs under ``output_dir``: ``predictions/<task>.<k>shot.jsonl``, ``tasks/<task>.<k>shot.json`` (one file per
+finished (task, shots) unit: a restarted evaluation skips those), ``results.json`` (aggregates), ``report.md``
+(the paper's table layout) and ``categories.png``. `evaluate_models` runs several models (e.g. trained vs its
+untrained initialisation) into sub-directories and adds a side-by-side report and ``comparison.png``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from optiml_jax import decoding
+from optiml_jax.tasks.schema import LEVELS, PromptedExample, TaskInfo
+
+logger = logging.getLogger(__name__)
+
+LEVEL_TITLES = {
+    "fully_heldout": "Fully held-out",
+    "partially_heldout": "Partially supervised",
+    "supervised": "Fully supervised",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate and how.
+
+    Attributes:
+      split: "validation" or "test" (of the active split definition: "optiml" with a data dir, else "embedded").
+      shots: shot settings; the paper reports 0 and 5 (and 2 for the SuperNI comparison of Table 12).
+      levels: generalization levels to include (subset of schema.LEVELS).
+      tasks: restrict to these task names (must belong to the split); None = every task of the split.
+      max_tasks_per_level: keep only the first n tasks of each level (quick looks); None = all.
+      max_examples: examples per task; None = the paper's limits (250 per validation task; on test the first
+        100 of SuperNI tasks and all of the others).
+      max_new_tokens: generation limit (paper: 256).
+      length_normalize: rank candidates by mean per-token log-likelihood instead of the sum.
+      seed: selects the examples and demonstrations (and the untrained baseline's initialisation).
+      data_dir: the real data directory (None = the environment's / the embedded suite).
+    """
+
+    split: str = "validation"
+    shots: tuple[int, ...] = (0, 5)
+    levels: tuple[str, ...] = LEVELS
+    tasks: tuple[str, ...] | None = None
+    max_tasks_per_level: int | None = None
+    max_examples: int | None = None
+    max_new_tokens: int = 256
+    length_normalize: bool = False
+    seed: int = 0
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.split not in ("validation", "test"):
+            raise ValueError(f"EvalConfig.split must be 'validation' or 'test', got {self.split!r}")
+        if not self.shots or any((not isinstance(k, int)) or k < 0 for k in self.shots):
+            raise ValueError(f"EvalConfig.shots must be non-negative integers, got {self.shots!r}")
+        bad = [lv for lv in self.levels if lv not in LEVELS]
+        if bad or not self.levels:
+            raise ValueError(f"EvalConfig.levels: unknown level(s) {bad or '(none given)'}; choose from {LEVELS}")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError(f"EvalConfig.max_examples must be >= 1 or None, got {self.max_examples}")
+        if self.max_tasks_per_level is not None and self.max_tasks_per_level < 1:
+            raise ValueError(f"EvalConfig.max_tasks_per_level must be >= 1 or None, got {self.max_tasks_per_level}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"EvalConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    def example_limit(self, task: TaskInfo) -> int | None:
+        """The per-task example limit (the paper's unless `max_examples` overrides it)."""
+        if self.max_examples is not None:
+            return self.max_examples
+        if self.split == "validation":
+            return 250
+        return 100 if task.benchmark == "SuperNI" else None
+
+    def unit_settings(self) -> dict:
+        """The settings a finished (task, shots) result depends on: a resumed run must match them."""
+        return {
+            "split": self.split, "max_examples": self.max_examples, "max_new_tokens": self.max_new_tokens,
+            "length_normalize": self.length_normalize, "seed": self.seed,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One (task, shots) evaluation: the granularity of progress and of resumption."""
+
+    level: str
+    task: TaskInfo
+    shots: int
+
+    @property
+    def key(self) -> str:
+        return f"{safe_name(self.task.name)}.{self.shots}shot"
+
+
+def safe_name(name: str) -> str:
+    """A task name usable as a file name."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------------------------
+
+
+def plan(cfg: EvalConfig) -> list[Unit]:
+    """The (level, task, shots) units of an evaluation, in a stable order; validates task names and the split."""
+    from optiml_jax.tasks import pipeline
+
+    by_level: dict[str, list[str]] = {}
+    for lv in LEVELS:
+        by_level[lv] = list(pipeline.eval_task_names(cfg.split, lv, data_dir=cfg.data_dir))
+    known = {t: lv for lv, names in by_level.items() for t in names}
+    if not known:
+        raise ValueError(
+            f"split {cfg.split!r} has no evaluation tasks (data dir: {cfg.data_dir or os.environ.get('OPTIML_DATA_DIR') or 'none: embedded suite'}); "
+            "check the data directory and the split definition"
+        )
+    if cfg.tasks is not None:
+        unknown = [t for t in cfg.tasks if t not in known]
+        if unknown:
+            sample = ", ".join(sorted(known)[:8])
+            raise ValueError(
+                f"unknown evaluation task(s) for split {cfg.split!r}: {', '.join(unknown)}. "
+                f"Known tasks include: {sample} ... ({len(known)} in all)"
+            )
+    units = []
+    for lv in cfg.levels:
+        names = [t for t in by_level[lv] if cfg.tasks is None or t in cfg.tasks]
+        if cfg.max_tasks_per_level is not None:
+            names = names[: cfg.max_tasks_per_level]
+        for name in names:
+            info = pipeline.get_task_info(name, data_dir=cfg.data_dir)
+            units.extend(Unit(lv, info, k) for k in cfg.shots)
+    if not units:
+        raise ValueError(
+            f"nothing to evaluate: split {cfg.split!r} has no task at level(s) {list(cfg.levels)}"
+            + (f" among {list(cfg.tasks)}" if cfg.tasks else "")
+        )
+    return units
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Scoring one unit
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _normalise_answer(s: str) -> str:
+    return " ".join(s.strip().lower().split())
+
+
+def metric_fn(metric: str) -> Callable[[str, Sequence[str]], float]:
+    """The 0-100 per-example metric for generated text ("accuracy" on generated text means exact match)."""
+    from optiml_jax import metrics
+
+    if metric == "rouge_l":
+        return metrics.rouge_l
+    if metric in ("exact_match", "accuracy"):
+        return metrics.exact_match
+    raise ValueError(f"unknown metric {metric!r}: expected 'accuracy', 'exact_match' or 'rouge_l'")
+
+
+def evaluate_examples(
+    predictor: Any, task: TaskInfo, examples: Sequence[PromptedExample], cfg: EvalConfig
+) -> tuple[dict, list[dict]]:
+    """Scores one unit's examples; returns (summary, per-example prediction records)."""
+    references = [tuple(ex.references) or (ex.target,) for ex in examples]
+    ranked = [i for i, ex in enumerate(examples) if ex.candidates]
+    generated = [i for i, ex in enumerate(examples) if not ex.candidates]
+    records: list[dict | None] = [None] * len(examples)
+
+    if ranked:
+        scores = predictor.score(
+            [examples[i].source for i in ranked], [list(examples[i].candidates) for i in ranked],
+            normalize=cfg.length_normalize,
+        )
+        for i, s in zip(ranked, scores):
+            ex = examples[i]
+            pred = ex.candidates[int(np.argmax(s))]
+            refs = {_normalise_answer(r) for r in references[i]}
+            records[i] = {
+                "mode": "rank_classification", "prediction": pred, "candidate_scores": [round(x, 5) for x in s],
+                "score": 100.0 if _normalise_answer(pred) in refs else 0.0,
+            }
+    if generated:
+        fn = metric_fn(task.metric)
+        dcfg = decoding.DecodeConfig(method="greedy", max_new_tokens=cfg.max_new_tokens)
+        outputs = predictor.generate([examples[i].source for i in generated], dcfg)
+        for i, out in zip(generated, outputs):
+            records[i] = {"mode": "generation", "prediction": out, "score": float(fn(out, list(references[i])))}
+
+    full = []
+    for ex, refs, rec in zip(examples, references, records):
+        full.append({
+            "id": ex.id, "task": ex.task, "num_shots": ex.num_shots, "prompt": ex.source,
+            "references": list(refs), "candidates": list(ex.candidates), **rec,
+        })
+    per_example = [r["score"] for r in full]
+    summary = {
+        "task": task.name, "benchmark": task.benchmark, "category": task.category, "metric": task.metric,
+        "score": float(np.mean(per_example)) if per_example else None,
+        "num_examples": len(examples), "num_rank_classified": len(ranked), "num_generated": len(generated),
+    }
+    return summary, full
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Running an evaluation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def params_fingerprint(params: Any) -> str:
+    """A short fingerprint of a parameter tree (shapes and a checksum), to detect resuming with other weights."""
+    import jax
+
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    h = hashlib.sha1()
+    for path, leaf in leaves[:4] + leaves[-2:]:
+        h.update(f"{jax.tree_util.keystr(path)}{tuple(leaf.shape)}{float(np.asarray(leaf, np.float64).sum()):.6e}".encode())
+    h.update(str(len(leaves)).encode())
+    return h.hexdigest()[:16]
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=False)
+    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written result behind
+
+
+def _check_run_meta(output_dir: str, meta: dict) -> None:
+    path = os.path.join(output_dir, "run.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        for key in ("fingerprint", "settings"):
+            if old.get(key) != meta[key]:
+                raise ValueError(
+                    f"{output_dir} holds results of another evaluation ({key} differs: {old.get(key)} vs "
+                    f"{meta[key]}); use a fresh output directory or delete that one"
+                )
+    _write_json(path, meta)
+
+
+def evaluate(
+    predictor: Any,
+    cfg: EvalConfig,
+    output_dir: str | os.PathLike,
+    *,
+    units: Sequence[Unit] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluates ``predictor`` (an `optiml_jax.inference.Predictor`) on ``cfg``'s split; returns the aggregates.
+
+    Finished units found in ``output_dir`` (from an earlier, possibly killed, run with the same model and
+    settings) are loaded, not recomputed.
+    """
+    from optiml_jax.tasks import pipeline
+
+    output_dir = os.fspath(output_dir)
+    units = list(units) if units is not None else plan(cfg)
+    for sub in ("tasks", "predictions"):
+        os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
+    _check_run_meta(output_dir, {
+        "model": predictor.name, "fingerprint": params_fingerprint(predictor.params), "settings": cfg.unit_settings(),
+    })
+
+    bar = _progress(len(units), predictor.name, progress)
+    results, reused = [], 0
+    try:
+        for unit in units:
+            res_path = os.path.join(output_dir, "tasks", unit.key + ".json")
+            if os.path.exists(res_path):
+                with open(res_path) as f:
+                    results.append(json.load(f))
+                reused += 1
+                bar.update(1)
+                continue
+            bar.set_postfix_str(f"{unit.task.name} {unit.shots}-shot")
+            t0 = time.time()
+            examples = pipeline.eval_examples(
+                unit.task.name, split=cfg.split, num_shots=unit.shots, max_examples=cfg.example_limit(unit.task),
+                seed=cfg.seed, data_dir=cfg.data_dir,
+            )
+            if not examples:
+                logger.warning("task %s has no %s examples: left out of the averages", unit.task.name, cfg.split)
+            summary, records = evaluate_examples(predictor, unit.task, examples, cfg) if examples else (
+                {"task": unit.task.name, "benchmark": unit.task.benchmark, "category": unit.task.category,
+                 "metric": unit.task.metric, "score": None, "num_examples": 0, "num_rank_classified": 0,
+                 "num_generated": 0}, [])
+            summary.update(level=unit.level, num_shots=unit.shots, seconds=round(time.time() - t0, 2))
+            pred_path = os.path.join(output_dir, "predictions", unit.key + ".jsonl")
+            with open(pred_path + ".tmp", "w") as f:
+                for r in records:
+                    f.write(json.dumps(r) + "\n")
+            os.replace(pred_path + ".tmp", pred_path)
+            _write_json(res_path, summary)  # written last: its presence marks the unit as done
+            results.append(summary)
+            bar.update(1)
+    finally:
+        bar.close()
+    if not any(r["num_examples"] for r in results):
+        raise ValueError(f"split {cfg.split!r} has no data: none of the {len(results)} evaluation units has examples")
+
+    agg = aggregate(results, shots=cfg.shots, levels=cfg.levels, name=predictor.name, split=cfg.split)
+    agg["reused_units"] = reused
+    agg["truncated_prompts"] = int(getattr(predictor, "truncated_prompts", 0))
+    _write_json(os.path.join(output_dir, "results.json"), agg)
+    with open(os.path.join(output_dir, "report.md"), "w") as f:
+        f.write(markdown_report([agg], [predictor.name], title=f"{cfg.split} evaluation: {predictor.name}"))
+    from optiml_jax import plots
+
+    plots.plot_categories(agg, os.path.join(output_dir, "categories.png"), title=f"{predictor.name} ({cfg.split})")
+    return agg
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="task", disable=not enabled, dynamic_ncols=True)
+
+
+def evaluate_models(
+    predictors: Sequence[Any],
+    labels: Sequence[str],
+    cfg: EvalConfig,
+    output_dir: str | os.PathLike,
+    *,
+    progress: bool = True,
+) -> dict:
+    """Evaluates several models into ``output_dir/<label>/`` and writes a side-by-side report and figure.
+
+    Returns {"results": {label: aggregates}, "gains": per-level gains of the first model over the second,
+    "report": path, "figure": path}.
+    """
+    if len(predictors) != len(labels) or len(set(labels)) != len(labels):
+        raise ValueError("evaluate_models: give one distinct label per model")
+    output_dir = os.fspath(output_dir)
+    units = plan(cfg)  # planned once: every model sees exactly the same units
+    aggs = [
+        evaluate(p, cfg, os.path.join(output_dir, safe_name(lab)), units=units, progress=progress)
+        for p, lab in zip(predictors, labels)
+    ]
+    out: dict = {"results": dict(zip(labels, aggs))}
+    report = os.path.join(output_dir, "report.md")
+    with open(report, "w") as f:
+        f.write(markdown_report(aggs, labels, title=f"{cfg.split} evaluation"))
+        if len(aggs) >= 2:
+            f.write("\n" + format_gains(level_gains(aggs[0], aggs[1]), labels[0], labels[1], markdown=True))
+    out["report"] = report
+    if len(aggs) >= 2:
+        from optiml_jax import plots
+
+        out["gains"] = level_gains(aggs[0], aggs[1])
+        out["figure"] = plots.plot_comparison(
+            aggs, labels, os.path.join(output_dir, "comparison.png"), title=f"{cfg.split}: per-level averages"
+        )
+    _write_json(os.path.join(output_dir, "summary.json"), {
+        "labels": list(labels), "report": report, "figure": out.get("figure"), "gains": out.get("gains"),
+        "overall": {lab: a["overall"] for lab, a in zip(labels, aggs)},
+    })
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Aggregation and reports (pure)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _mean(xs: Iterable[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None and not math.isnan(x)]
+    return float(np.mean(vals)) if vals else None
+
+
+def aggregate(
+    unit_results: Sequence[Mapping], *, shots: Sequence[int], levels: Sequence[str] = LEVELS, name: str = "",
+    split: str = "",
+) -> dict:
+    """Aggregates per-unit results the paper's way: tasks -> categories -> levels -> overall.
+
+    Scores are keyed by the shot count as a string ("0", "5"). A unit without examples (score None) is left out.
+    """
+    shot_keys = [str(k) for k in shots]
+    tasks: dict[str, dict] = {}
+    for r in unit_results:
+        t = tasks.setdefault(r["task"], {
+            "level": r["level"], "category": r["category"], "benchmark": r["benchmark"], "metric": r["metric"],
+            "scores": {}, "num_examples": {},
+        })
+        t["scores"][str(r["num_shots"])] = r["score"]
+        t["num_examples"][str(r["num_shots"])] = r["num_examples"]
+
+    categories: dict[str, dict[str, dict]] = {}
+    benchmarks: dict[str, dict] = {}
+    for lv in levels:
+        members: dict[str, list[str]] = {}
+        for name_, t in tasks.items():
+            if t["level"] == lv:
+                members.setdefault(t["category"], []).append(name_)
+        categories[lv] = {
+            cat: {"tasks": len(ns), "scores": {s: _mean(tasks[n]["scores"].get(s) for n in ns) for s in shot_keys}}
+            for cat, ns in sorted(members.items())
+        }
+    for bench in sorted({t["benchmark"] for t in tasks.values()}):
+        ns = [n for n, t in tasks.items() if t["benchmark"] == bench]
+        benchmarks[bench] = {"tasks": len(ns), "scores": {s: _mean(tasks[n]["scores"].get(s) for n in ns) for s in shot_keys}}
+    level_scores = {
+        lv: {s: _mean(c["scores"][s] for c in categories[lv].values()) for s in shot_keys}
+        for lv in levels if categories[lv]
+    }
+    overall = {s: _mean(ls[s] for ls in level_scores.values()) for s in shot_keys}
+    return {
+        "name": name, "split": split, "shots": list(shots), "levels": list(levels), "tasks": tasks,
+        "categories": categories, "benchmarks": benchmarks, "level_scores": level_scores, "overall": overall,
+        "combined": _mean(overall.values()),
+    }
+
+
+def _cell(scores: Mapping[str, float | None], shot_keys: Sequence[str]) -> str:
+    return " / ".join("-" if scores.get(s) is None else f"{scores[s]:.1f}" for s in shot_keys)
+
+
+def markdown_report(aggs: Sequence[Mapping], labels: Sequence[str], *, title: str = "") -> str:
+    """The paper's layout: rows are levels with their categories, cells "0-shot / k-shot", one column per model."""
+    shot_keys = [str(k) for k in aggs[0]["shots"]]
+    shot_head = " / ".join(f"{s}-shot" for s in shot_keys)
+    lines = [f"# {title}" if title else "", ""]
+    lines.append(f"Cells: {shot_head} (accuracy for rank-classified tasks, else Rouge-L F1 / exact match; 0-100).")
+    lines.append("")
+    lines.append("| Level | Category | Tasks | " + " | ".join(labels) + " |")
+    lines.append("|---|---|---:|" + "---:|" * len(labels))
+    for lv in aggs[0]["levels"]:
+        cats = sorted(set().union(*(a["categories"].get(lv, {}).keys() for a in aggs)))
+        if not cats:
+            continue
+        n_tasks = sum(aggs[0]["categories"].get(lv, {}).get(c, {}).get("tasks", 0) for c in cats)
+        cells = [f"**{_cell(a['level_scores'].get(lv, {}), shot_keys)}**" for a in aggs]
+        lines.append(f"| **{LEVEL_TITLES.get(lv, lv)}** | | {n_tasks} | " + " | ".join(cells) + " |")
+        for c in cats:
+            n = aggs[0]["categories"].get(lv, {}).get(c, {}).get("tasks", 0)
+            cells = [_cell(a["categories"].get(lv, {}).get(c, {}).get("scores", {}), shot_keys) for a in aggs]
+            lines.append(f"| | {c} | {n} | " + " | ".join(cells) + " |")
+    cells = [f"**{_cell(a['overall'], shot_keys)}**" for a in aggs]
+    lines.append("| **Average** | | | " + " | ".join(cells) + " |")
+    comb = ["-" if a["combined"] is None else f"{a['combined']:.1f}" for a in aggs]
+    lines.append("| **Combined (model selection)** | | | " + " | ".join(comb) + " |")
+    lines += ["", "By benchmark:", "", "| Benchmark | Tasks | " + " | ".join(labels) + " |",
+              "|---|---:|" + "---:|" * len(labels)]
+    for b in sorted(set().union(*(a["benchmarks"].keys() for a in aggs))):
+        n = aggs[0]["benchmarks"].get(b, {}).get("tasks", 0)
+        cells = [_cell(a["benchmarks"].get(b, {}).get("scores", {}), shot_keys) for a in aggs]
+        lines.append(f"| {b} | {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def level_gains(agg_a: Mapping, agg_b: Mapping) -> dict:
+    """Per-level (and average) score differences a - b for each shot setting both share."""
+    shot_keys = [str(k) for k in agg_a["shots"] if str(k) in {str(s) for s in agg_b["shots"]}]
+    gains: dict[str, dict[str, float | None]] = {}
+    for lv in list(agg_a["level_scores"]) + ["average"]:
+        sa = agg_a["overall"] if lv == "average" else agg_a["level_scores"].get(lv, {})
+        sb = agg_b["overall"] if lv == "average" else agg_b["level_scores"].get(lv, {})
+        gains[lv] = {
+            s: (None if sa.get(s) is None or sb.get(s) is None else sa[s] - sb[s]) for s in shot_keys
+        }
+    return gains
+
+
+def format_gains(gains: Mapping, label_a: str, label_b: str, *, markdown: bool = False) -> str:
+    """Human-readable per-level gains of model a over model b."""
+    lines = [f"Per-level gains of {label_a} over {label_b} (points):"]
+    if markdown:
+        lines = ["## " + lines[0], ""]
+    for lv, per_shot in gains.items():
+        cells = ", ".join(
+            f"{s}-shot {'n/a' if g is None else f'{g:+.1f}'}" for s, g in per_shot.items()
+        )
+        lines.append(f"{'- ' if markdown else '  '}{LEVEL_TITLES.get(lv, 'Average')}: {cells}")
+    return "\n".join(lines) + "\n"
+
+
+def load_results(path: str | os.PathLike) -> dict:
+    """Aggregates from an evaluation directory (its results.json) or a results.json file."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, "results.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no evaluation results at {path}: run the evaluation first")
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,284 @@
+"""OPT decoder-only language model in Flax linen, numerically faithful to HF `OPTForCausalLM`.
+
+Parameter tree (names follow HF so conversion is a rename plus reshapes):
+
+    embed_tokens/embedding                 [vocab, word_embed_proj_dim]      (vocab, embed)
+    embed_positions/embedding              [max_positions + 2, hidden]       (abspos, embed)
+    project_in/kernel, project_out/kernel  only when word_embed_proj_dim != hidden_size
+    layers_{i}/self_attn/{q,k,v}_proj      kernel [hidden, heads, head_dim]  (embed, heads, kv), bias (heads, kv)
+    layers_{i}/self_attn/out_proj          kernel [heads, head_dim, hidden]  (heads, kv, embed), bias (embed,)
+    layers_{i}/{self_attn,final}_layer_norm scale, bias                      (embed,)
+    layers_{i}/fc1, fc2                    kernel (embed, mlp) / (mlp, embed)
+    final_layer_norm                       pre-LN models only
+The output projection is tied to `embed_tokens` (no lm_head parameter).
+
+Masking is driven by segment ids (0 = padding): a token attends to earlier tokens of its own non-zero segment,
+which covers causal masking, packed sequences and left padding with one rule. Padding tokens attend only to
+themselves so that every softmax row has a valid entry.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from optiml_jax.models.configs import OPTConfig
+
+# OPT reserves the first two rows of its position table (fairseq's padding_idx + 1 offset).
+POSITION_OFFSET = 2
+_LAYER_NORM_EPS = 1e-5
+_MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_of(name: str) -> Any:
+    """The jnp dtype for one of `configs.DTYPES`."""
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}") from None
+
+
+def segment_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, q_index: jax.Array,
+                 kv_index: jax.Array) -> jax.Array:
+    """Block-causal attention mask, bool [B, 1, Lq, Lk].
+
+    Query i sees key j when both belong to the same non-zero segment and j <= i (indices are absolute
+    positions in the key sequence, so the same rule serves a full forward and a KV-cache step). A padding
+    query (segment 0) sees only itself, so no softmax row is empty.
+    """
+    q_seg = q_segment_ids[:, :, None]
+    kv_seg = kv_segment_ids[:, None, :]
+    causal = kv_index[None, None, :] <= q_index[None, :, None]
+    same = (q_seg == kv_seg) & (q_seg != 0)
+    pad_self = (q_seg == 0) & (kv_index[None, None, :] == q_index[None, :, None])
+    return ((same & causal) | pad_self)[:, None, :, :]
+
+
+def positions_from_mask(mask: jax.Array) -> jax.Array:
+    """0-based position of each query inside its segment: the number of earlier same-segment keys it sees."""
+    return jnp.maximum(jnp.sum(mask[:, 0], axis=-1, dtype=jnp.int32) - 1, 0)
+
+
+def _partitioned(init: Any, names: tuple[str | None, ...]) -> Any:
+    return nn.with_logical_partitioning(init, names)
+
+
+class OPTAttention(nn.Module):
+    """Multi-head self-attention with an optional KV cache ("cache" collection)."""
+
+    config: OPTConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, cache_index: jax.Array, deterministic: bool,
+                 decode: bool) -> jax.Array:
+        cfg = self.config
+        dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+        heads, head_dim = cfg.num_attention_heads, cfg.head_dim
+        kernel_init = nn.initializers.normal(cfg.init_std)
+
+        def projection(name: str) -> nn.DenseGeneral:
+            return nn.DenseGeneral(
+                features=(heads, head_dim), axis=-1, use_bias=cfg.enable_bias, dtype=dtype,
+                param_dtype=param_dtype, kernel_init=_partitioned(kernel_init, ("embed", "heads", "kv")),
+                bias_init=_partitioned(nn.initializers.zeros, ("heads", "kv")), name=name)
+
+        # HF scales the projected query before QK^T (not the scores); keep that order for bit-level parity.
+        query = projection("q_proj")(x) * jnp.asarray(head_dim ** -0.5, dtype)
+        key = projection("k_proj")(x)
+        value = projection("v_proj")(x)
+        query = nn.with_logical_constraint(query, ("batch", "length", "heads", "kv"))
+        key = nn.with_logical_constraint(key, ("batch", "length", "heads", "kv"))
+        value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
+
+        if decode:
+            initialized = self.has_variable("cache", "cached_key")
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+            cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+            if initialized:
+                # Write this call's L keys/values at [cache_index, cache_index + L) and attend over the buffer.
+                key = lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype),
+                                               (0, cache_index, 0, 0))
+                value = lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype),
+                                                 (0, cache_index, 0, 0))
+                cached_key.value, cached_value.value = key, value
+
+        if cfg.attention_kernel == "cudnn":
+            if cfg.attention_dropout > 0 and not deterministic:
+                raise ValueError("OPTConfig.attention_kernel='cudnn' does not support attention_dropout > 0 in "
+                                 "training; use attention_kernel='xla'")
+            out = jax.nn.dot_product_attention(query, key, value, mask=mask, scale=1.0, implementation="cudnn")
+        else:
+            scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+            scores = jnp.where(mask, scores, _MASK_VALUE)
+            probs = jax.nn.softmax(scores, axis=-1)
+            probs = nn.Dropout(rate=cfg.attention_dropout)(probs, deterministic=deterministic)
+            out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), value)
+        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+        out = nn.DenseGeneral(
+            features=cfg.hidden_size, axis=(-2, -1), use_bias=cfg.enable_bias, dtype=dtype,
+            param_dtype=param_dtype, kernel_init=_partitioned(kernel_init, ("heads", "kv", "embed")),
+            bias_init=_partitioned(nn.initializers.zeros, ("embed",)), name="out_proj")(out)
+        return out
+
+
+def _layer_norm(cfg: OPTConfig, name: str) -> nn.LayerNorm:
+    affine = cfg.layer_norm_elementwise_affine
+    return nn.LayerNorm(
+        epsilon=_LAYER_NORM_EPS, use_bias=affine, use_scale=affine, dtype=dtype_of(cfg.dtype),
+        param_dtype=dtype_of(cfg.param_dtype), scale_init=_partitioned(nn.initializers.ones, ("embed",)),
+        bias_init=_partitioned(nn.initializers.zeros, ("embed",)), name=name)
+
+
+class OPTDecoderLayer(nn.Module):
+    """One transformer block; pre-LN (most OPTs) or post-LN (opt-350m) per `do_layer_norm_before`."""
+
+    config: OPTConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, cache_index: jax.Array, deterministic: bool,
+                 decode: bool) -> jax.Array:
+        cfg = self.config
+        dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+        kernel_init = nn.initializers.normal(cfg.init_std)
+        pre_ln = cfg.do_layer_norm_before
+
+        residual = x
+        h = _layer_norm(cfg, "self_attn_layer_norm")(x) if pre_ln else x
+        h = OPTAttention(cfg, name="self_attn")(h, mask, cache_index, deterministic, decode)
+        h = nn.Dropout(rate=cfg.dropout)(h, deterministic=deterministic)
+        h = residual + h
+        if not pre_ln:
+            h = _layer_norm(cfg, "self_attn_layer_norm")(h)
+
+        residual = h
+        if pre_ln:
+            h = _layer_norm(cfg, "final_layer_norm")(h)
+        h = nn.Dense(cfg.ffn_dim, use_bias=cfg.enable_bias, dtype=dtype, param_dtype=param_dtype,
+                     kernel_init=_partitioned(kernel_init, ("embed", "mlp")),
+                     bias_init=_partitioned(nn.initializers.zeros, ("mlp",)), name="fc1")(h)
+        h = nn.relu(h)
+        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        h = nn.Dense(cfg.hidden_size, use_bias=cfg.enable_bias, dtype=dtype, param_dtype=param_dtype,
+                     kernel_init=_partitioned(kernel_init, ("mlp", "embed")),
+                     bias_init=_partitioned(nn.initializers.zeros, ("embed",)), name="fc2")(h)
+        h = nn.Dropout(rate=cfg.dropout)(h, deterministic=deterministic)
+        h = residual + h
+        if not pre_ln:
+            h = _layer_norm(cfg, "final_layer_norm")(h)
+        return nn.with_logical_constraint(h, ("batch", "length", "embed"))
+
+
+class OPTForCausalLM(nn.Module):
+    """OPT language model: token ids -> next-token logits (f32).
+
+    Call with `input_ids` int [B, L] and optionally `segment_ids` (0 = padding; packing = several ids per row)
+    and `positions` (0-based within each segment; OPT's offset of 2 is added here). Without `positions` they
+    are derived from the mask: the count of earlier tokens of the same segment (in decode mode including
+    those already in the cache), which is what packing, left padding and generation need.
+
+    Decoding: `variables["cache"] = model.init_cache(batch, max_length)`, then
+    `logits, mut = model.apply({"params": p, "cache": c}, ids, segment_ids=..., decode=True, mutable=["cache"])`
+    with a prefill of L tokens followed by one token per call. Writing past `max_length` yields NaN logits
+    rather than silently overwriting the cache.
+    """
+
+    config: OPTConfig
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, *, segment_ids: jax.Array | None = None,
+                 positions: jax.Array | None = None, deterministic: bool = True,
+                 decode: bool = False) -> jax.Array:
+        cfg = self.config
+        dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be int [batch, length], got shape {input_ids.shape}")
+        if not jnp.issubdtype(input_ids.dtype, jnp.integer):
+            raise ValueError(f"input_ids must be integers, got {input_ids.dtype}")
+        batch, length = input_ids.shape
+        for arg_name, arg in (("segment_ids", segment_ids), ("positions", positions)):
+            if arg is not None and tuple(arg.shape) != (batch, length):
+                raise ValueError(f"{arg_name} must have the shape of input_ids {input_ids.shape}, got {arg.shape}")
+        if segment_ids is None:
+            segment_ids = jnp.ones((batch, length), jnp.int32)
+        segment_ids = segment_ids.astype(jnp.int32)
+
+        cache_index = jnp.zeros((), jnp.int32)
+        kv_segment_ids, q_index = segment_ids, jnp.arange(length, dtype=jnp.int32)
+        overflow = None
+        if decode:
+            initialized = self.has_variable("cache", "cache_index")
+            cached_segments = self.variable("cache", "segment_ids", jnp.zeros, (batch, length), jnp.int32)
+            index_var = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+            if initialized:
+                cache_index = index_var.value
+                max_length = cached_segments.value.shape[1]
+                kv_segment_ids = lax.dynamic_update_slice(cached_segments.value, segment_ids, (0, cache_index))
+                cached_segments.value = kv_segment_ids
+                index_var.value = cache_index + length
+                q_index = cache_index + q_index
+                overflow = cache_index + length > max_length
+        kv_index = jnp.arange(kv_segment_ids.shape[1], dtype=jnp.int32)
+        mask = segment_mask(segment_ids, kv_segment_ids, q_index, kv_index)
+        if positions is None:
+            positions = positions_from_mask(mask)
+
+        init = nn.initializers.normal(cfg.init_std)
+        embed_tokens = nn.Embed(cfg.vocab_size, cfg.word_embed_proj_dim, dtype=dtype, param_dtype=param_dtype,
+                                embedding_init=_partitioned(init, ("vocab", "embed")), name="embed_tokens")
+        h = embed_tokens(input_ids)
+        if cfg.has_projections:
+            h = nn.Dense(cfg.hidden_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+                         kernel_init=_partitioned(init, (None, "embed")), name="project_in")(h)
+        h = h + nn.Embed(cfg.max_position_embeddings + POSITION_OFFSET, cfg.hidden_size, dtype=dtype,
+                         param_dtype=param_dtype, embedding_init=_partitioned(init, ("abspos", "embed")),
+                         name="embed_positions")(positions.astype(jnp.int32) + POSITION_OFFSET)
+        # metaseq applies dropout to the summed embeddings (HF's port omits it; the two agree in eval mode).
+        h = nn.Dropout(rate=cfg.dropout)(h, deterministic=deterministic)
+        h = nn.with_logical_constraint(h, ("batch", "length", "embed"))
+
+        # Arguments 4 and 5 (counting self) are Python bools that select code paths.
+        layer_cls = nn.remat(OPTDecoderLayer, static_argnums=(4, 5)) if cfg.remat else OPTDecoderLayer
+        for i in range(cfg.num_hidden_layers):
+            h = layer_cls(cfg, name=f"layers_{i}")(h, mask, cache_index, deterministic, decode)
+
+        if cfg.has_final_layer_norm:
+            h = _layer_norm(cfg, "final_layer_norm")(h)
+        if cfg.has_projections:
+            h = nn.Dense(cfg.word_embed_proj_dim, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+                         kernel_init=_partitioned(init, ("embed", None)), name="project_out")(h)
+        # Tied output projection, accumulated in f32 even for bf16 compute.
+        logits = jnp.einsum("bld,vd->blv", h.astype(dtype), embed_tokens.embedding.astype(dtype),
+                            preferred_element_type=jnp.float32)
+        if overflow is not None:
+            logits = jnp.where(overflow, jnp.nan, logits)
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+    @nn.nowrap
+    def init_cache(self, batch_size: int, max_length: int) -> dict[str, Any]:
+        """An empty "cache" collection for decoding up to `max_length` tokens per row (no params needed)."""
+        if batch_size <= 0 or max_length <= 0:
+            raise ValueError(f"init_cache needs positive batch_size and max_length, got {batch_size}, {max_length}")
+        if max_length > self.config.max_position_embeddings:
+            raise ValueError(f"max_length {max_length} exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}")
+        ids = jnp.zeros((batch_size, max_length), jnp.int32)
+        shapes = jax.eval_shape(lambda: self.init(jax.random.PRNGKey(0), ids, decode=True))["cache"]
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), nn.meta.unbox(shapes))
+
+    @nn.nowrap
+    def init_params(self, rng: jax.Array, *, batch_size: int = 1, length: int = 8) -> dict[str, Any]:
+        """Freshly initialised parameters (unboxed, the `params` collection only)."""
+        ids = jnp.zeros((batch_size, length), jnp.int32)
+        # jit: one compiled program instead of hundreds of eagerly dispatched initialiser ops.
+        return nn.meta.unbox(jax.jit(lambda r: self.init(r, ids)["params"])(rng))
+
+    @nn.nowrap
+    def abstract_params(self) -> dict[str, Any]:
+        """Parameter shapes/dtypes as boxed `nn.Partitioned` ShapeDtypeStructs (for partition specs)."""
+        ids = jnp.zeros((1, 8), jnp.int32)
+        return jax.eval_shape(lambda: self.init(jax.random.PRNGKey(0), ids))["params"]

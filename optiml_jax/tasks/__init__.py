@@ -1,0 +1,24 @@
+"""OPT-IML Bench tasks: catalogue, loaders, prompts, mixtures and the seqio registry.
+
+Importing this package registers every task and mixture with seqio (`registry.register_all`) for the data dir
+configured by ``OPTIML_DATA_DIR`` or gin (without one: the embedded suite only). Call
+``registry.register_all(data_dir=..., force=True)`` to register another data dir, split or vocabulary.
+"""
+import logging as _logging
+import os as _os
+
+_log = _logging.getLogger(__name__)
+
+
+def _register_on_import() -> None:
+    if _os.environ.get("OPTIML_SKIP_REGISTRATION"):
+        return
+    from optiml_jax.tasks import registry
+
+    try:
+        registry.register_all()
+    except ImportError as err:  # a stripped-down install without the data layer or seqio
+        _log.warning("optiml_jax.tasks: seqio registration skipped (%s)", err)
+
+
+_register_on_import()

@@ -1,0 +1,833 @@
+"""The OPT-IML Bench task catalogue: one row of facts per task (name, benchmark, category, ...).
+
+The table lives in ``tasks/catalogue.tsv`` and is generated from the facts in a data directory with
+
+    python -m optiml_jax.tasks.catalogue --build --data_dir /path/to/data
+
+It never holds definitions, templates or instances, only names, categories, metrics and counts.
+``load_catalogue`` reads the committed table, adds the procedurally generated embedded suite and the
+optional user rows of ``<data_dir>/jsonl/catalogue.tsv`` (for CrossFit, ExMix, T5, UnifiedSKG, ...).
+
+Categories follow one unified taxonomy: Super-NaturalInstructions' 76 categories plus a few extra
+ones (``EXTRA_CATEGORIES``); every other benchmark's category label is mapped onto it through the
+explicit tables ``CATEGORY_MAP``, ``FLAN_DATASETS`` and ``PS_DATASETS`` below (see tasks/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import functools
+import json
+import logging
+import os
+import pathlib
+import re
+import sys
+from typing import Iterable, Mapping
+
+import gin
+
+from optiml_jax.tasks import schema
+from optiml_jax.tasks.schema import TaskInfo
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+CATALOGUE_PATH = REPO_ROOT / "tasks" / "catalogue.tsv"
+DATA_DIR_ENV = "OPTIML_DATA_DIR"
+# User-provided rows for benchmarks whose data is not shipped (generic JSONL layout).
+EXTRA_CATALOGUE_RELPATH = pathlib.Path("jsonl") / "catalogue.tsv"
+
+COLUMNS: tuple[str, ...] = (
+    "name", "benchmark", "source_dataset", "category", "instruction_level", "metric",
+    "split_role", "num_instances", "source_split",
+)
+# Where a task sits in its *source* benchmark (independent of any OPT-IML split definition):
+#   train     - a training task of its benchmark
+#   test      - an official test task (SuperNI default track); never trained on
+#   eval_only - evaluation data only (BBH, superni_extra, BIG-bench); never trained on
+#   extra     - a SuperNI task outside the default (English) track
+SOURCE_SPLITS: tuple[str, ...] = ("train", "test", "eval_only", "extra")
+SPLIT_ROLES: tuple[str, ...] = ("train", "fully_heldout", "partially_heldout", "excluded")
+METRICS: tuple[str, ...] = ("accuracy", "exact_match", "rouge_l")
+INSTRUCTION_LEVELS: tuple[str, ...] = ("task", "instance")
+EMBEDDED_BENCHMARKS: tuple[str, ...] = ("Embedded-NI", "Embedded-PS")
+KNOWN_BENCHMARKS: tuple[str, ...] = tuple(schema.BENCHMARKS) + EMBEDDED_BENCHMARKS
+
+# --------------------------------------------------------------------------------------------
+# Unified taxonomy
+# --------------------------------------------------------------------------------------------
+SUPERNI_CATEGORIES: tuple[str, ...] = (
+    "Answer Verification", "Answerability Classification", "Cause Effect Classification",
+    "Code to Text", "Coherence Classification", "Commonsense Classification",
+    "Coreference Resolution", "Data to Text", "Dialogue Act Recognition", "Dialogue Generation",
+    "Dialogue State Tracking", "Discourse Connective Identification",
+    "Discourse Relation Classification", "Entity Generation", "Entity Relation Classification",
+    "Ethics Classification", "Explanation", "Fact Verification", "Fill in The Blank",
+    "Gender Classification", "Grammar Error Correction", "Grammar Error Detection",
+    "Information Extraction", "Intent Identification", "Irony Detection", "Keyword Tagging",
+    "Language Identification", "Linguistic Probing", "Mathematics", "Misc.",
+    "Named Entity Recognition", "Negotiation Strategy Detection", "Number Conversion",
+    "Overlap Extraction", "Paper Review", "Paraphrasing", "Poem Generation", "Pos Tagging",
+    "Preposition Prediction", "Program Execution", "Punctuation Error Detection",
+    "Question Answering", "Question Decomposition", "Question Generation", "Question Rewriting",
+    "Question Understanding", "Section Classification", "Sentence Composition",
+    "Sentence Compression", "Sentence Expansion", "Sentence Ordering", "Sentence Perturbation",
+    "Sentiment Analysis", "Spam Classification", "Speaker Identification",
+    "Speaker Relation Classification", "Spelling Error Detection", "Stance Detection",
+    "Stereotype Detection", "Story Composition", "Style Transfer", "Summarization",
+    "Text Categorization", "Text Completion", "Text Matching", "Text Quality Evaluation",
+    "Text Simplification", "Text to Code", "Textual Entailment", "Title Generation",
+    "Toxic Language Detection", "Translation", "Word Analogy", "Word Relation Classification",
+    "Word Semantics", "Wrong Candidate Generation",
+)
+# Categories of other benchmarks with no SuperNI counterpart (the paper's union has > 100).
+EXTRA_CATEGORIES: tuple[str, ...] = ("Reasoning", "Code Repair")
+TAXONOMY: tuple[str, ...] = SUPERNI_CATEGORIES + EXTRA_CATEGORIES
+
+# Other benchmarks' category labels -> unified category. SuperNI's coarser label wins where the
+# source is finer-grained (paper section 2.2), e.g. every QA flavour -> "Question Answering".
+CATEGORY_MAP: dict[str, str] = {
+    # FLAN / T0 / PromptSource cluster names
+    "Natural Language Inference": "Textual Entailment",
+    "NLI": "Textual Entailment",
+    "Sentence Completion": "Text Completion",
+    "Next Sentence Prediction": "Text Completion",
+    "Language Modeling": "Text Completion",
+    "Coreference": "Coreference Resolution",
+    "Coreference Resolution": "Coreference Resolution",
+    "Word Sense": "Word Semantics",
+    "Word Sense Disambiguation": "Word Semantics",
+    "Multiple-Choice QA (no trivia knowledge required)": "Question Answering",
+    "Extractive QA": "Question Answering",
+    "Closed-Book QA": "Question Answering",
+    "Adversarial QA": "Question Answering",
+    "Question Answering": "Question Answering",
+    "Conversational Question Answering": "Question Answering",
+    "Span Generation": "Question Answering",
+    "Mathematical QA": "Mathematics",
+    "Summarization": "Summarization",
+    "Structured Data to Text": "Data to Text",
+    "Translation": "Translation",
+    "Sentiment Analysis": "Sentiment Analysis",
+    "Topic Classification": "Text Categorization",
+    "Paraphrasing Identification": "Text Matching",
+    "Paraphrase Identification": "Text Matching",
+    "Grammatical Acceptability": "Grammar Error Detection",
+    "Punctuation Fixing": "Punctuation Error Detection",
+    "Casing Selection": "Misc.",
+    "Word Segmentation": "Misc.",
+    "Question Generation": "Question Generation",
+    "Title Generation": "Title Generation",
+    "Explanation Generation": "Explanation",
+    "Context Generation": "Story Composition",
+    "Dialog Turn Prediction": "Dialogue Generation",
+    "Dialog Next Turn Prediction": "Dialogue Generation",
+    "Dialog Context Generation": "Dialogue Generation",
+    "Hate Speech Detection": "Toxic Language Detection",
+    # Program synthesis (Flan collection)
+    "Code Generation": "Text to Code",
+    "Coding Instruction Generation": "Code to Text",
+    "Code Repair": "Code Repair",
+    "Code Error Generation": "Code Repair",
+    # Chain-of-thought collection: one "Reasoning" cluster (paper Table 15)
+    "Grade School Math Word Problems": "Reasoning",
+    "Algebraic Question Answering": "Reasoning",
+    "Common Sense Reasoning over Entity Knowledge": "Reasoning",
+    "Common Sense Reasoning Question Answering": "Reasoning",
+    "Passage-Based Question Answering / NLI": "Reasoning",
+    "Sense Making and Explanation": "Reasoning",
+}
+
+# SuperNI's official evaluation reports exact match besides Rouge-L; for these classification-like
+# categories exact match is the meaningful secondary number (Wang et al. 2022, section 6).
+SUPERNI_EXACT_MATCH_CATEGORIES: frozenset[str] = frozenset({
+    "Answerability Classification", "Cause Effect Classification", "Coreference Resolution",
+    "Dialogue Act Recognition", "Textual Entailment", "Word Analogy", "Answer Verification",
+    "Coherence Classification", "Commonsense Classification", "Ethics Classification",
+    "Fact Verification", "Gender Classification", "Grammar Error Detection",
+    "Intent Identification", "Irony Detection", "Language Identification",
+    "Negotiation Strategy Detection", "Section Classification", "Sentiment Analysis",
+    "Spam Classification", "Speaker Identification", "Speaker Relation Classification",
+    "Spelling Error Detection", "Stance Detection", "Stereotype Detection", "Text Categorization",
+    "Text Matching", "Text Quality Evaluation", "Toxic Language Detection",
+    "Word Relation Classification", "Discourse Relation Classification",
+    "Punctuation Error Detection",
+})
+
+# SuperNI rows of all_tasks_catalog.tsv without a category (all outside the default track): the
+# category follows the task-name suffix, which names the task type in SuperNI's convention.
+SUPERNI_NAME_SUFFIX_CATEGORY: tuple[tuple[str, str], ...] = (
+    ("language_identification", "Language Identification"),
+    ("language_identificatio", "Language Identification"),  # a truncated name in the source table
+    ("translation", "Translation"),
+    ("named_entity_recognition", "Named Entity Recognition"),
+    ("text_auto_completion", "Text Completion"),
+    ("missing_word_prediction", "Fill in The Blank"),
+    ("fill_in_the_blank", "Fill in The Blank"),
+    # Parallel-corpus "classification" tasks judge whether a sentence pair is a correct translation.
+    ("_classification", "Translation"),
+)
+SUPERNI_NAME_CATEGORY_OVERRIDES: dict[str, str] = {
+    # CODA-19 labels paper fragments by section (background, method, ...).
+    "task352_coda-19_classification": "Section Classification",
+}
+
+# FLAN (2021) datasets of the Flan collection (sources FLAN and FLAN/T0): unified category and
+# metric. Overrides of the collection's own cluster are commented.
+FLAN_DATASETS: dict[str, tuple[str, str]] = {
+    "aeslc": ("Summarization", "rouge_l"),
+    "ag_news_subset": ("Text Categorization", "accuracy"),
+    "anli_r1": ("Textual Entailment", "accuracy"),
+    "anli_r2": ("Textual Entailment", "accuracy"),
+    "anli_r3": ("Textual Entailment", "accuracy"),
+    "arc_challenge": ("Question Answering", "accuracy"),
+    "arc_easy": ("Question Answering", "accuracy"),
+    "bool_q": ("Question Answering", "accuracy"),
+    "cb": ("Textual Entailment", "accuracy"),
+    "cnn_dailymail": ("Summarization", "rouge_l"),
+    "cola": ("Grammar Error Detection", "accuracy"),
+    "common_gen": ("Data to Text", "rouge_l"),
+    # FLAN files COPA under next-sentence prediction; OPT-IML (Table 15) under cause/effect.
+    "copa": ("Cause Effect Classification", "accuracy"),
+    "coqa": ("Question Answering", "rouge_l"),
+    "cosmos_qa": ("Question Answering", "accuracy"),
+    "dart": ("Data to Text", "rouge_l"),
+    "definite_pronoun_resolution": ("Coreference Resolution", "accuracy"),
+    "drop": ("Question Answering", "rouge_l"),  # reading comprehension with discrete answers
+    "e2e_nlg": ("Data to Text", "rouge_l"),
+    "fix_punct": ("Punctuation Error Detection", "rouge_l"),
+    "gigaword": ("Summarization", "rouge_l"),
+    "glue_mrpc": ("Text Matching", "accuracy"),
+    "glue_qqp": ("Text Matching", "accuracy"),
+    "hellaswag": ("Text Completion", "accuracy"),
+    "imdb_reviews": ("Sentiment Analysis", "accuracy"),
+    "lambada": ("Text Completion", "rouge_l"),
+    "math_dataset": ("Mathematics", "exact_match"),
+    "mnli": ("Textual Entailment", "accuracy"),
+    "multi_news": ("Summarization", "rouge_l"),
+    "multirc": ("Question Answering", "accuracy"),
+    "natural_questions": ("Question Answering", "rouge_l"),
+    "newsroom": ("Summarization", "rouge_l"),
+    "openbookqa": ("Question Answering", "accuracy"),
+    "opinion_abstracts_idebate": ("Summarization", "rouge_l"),
+    "opinion_abstracts_rotten_tomatoes": ("Summarization", "rouge_l"),
+    "para_crawl_enes": ("Translation", "rouge_l"),
+    "paws_wiki": ("Text Matching", "accuracy"),
+    "piqa": ("Question Answering", "accuracy"),
+    # QNLI asks whether a sentence answers a question: an entailment task, not multiple-choice QA.
+    "qnli": ("Textual Entailment", "accuracy"),
+    "quac": ("Question Answering", "rouge_l"),
+    "record": ("Question Answering", "rouge_l"),
+    "rte": ("Textual Entailment", "accuracy"),
+    "samsum": ("Summarization", "rouge_l"),
+    "sentiment140": ("Sentiment Analysis", "accuracy"),
+    "snli": ("Textual Entailment", "accuracy"),
+    "squad_v1": ("Question Answering", "rouge_l"),
+    "squad_v2": ("Question Answering", "rouge_l"),
+    "sst2": ("Sentiment Analysis", "accuracy"),
+    "story_cloze": ("Text Completion", "accuracy"),
+    # STS-B scores sentence similarity; FLAN lists it with sentiment.
+    "stsb": ("Text Matching", "accuracy"),
+    "trec": ("Text Categorization", "accuracy"),
+    "trivia_qa": ("Question Answering", "rouge_l"),
+    "trivia_qa_wiki_missing": ("Question Answering", "rouge_l"),
+    "true_case": ("Misc.", "rouge_l"),
+    "unified_qa_science_inst": ("Question Answering", "rouge_l"),
+    "web_nlg_en": ("Data to Text", "rouge_l"),
+    "wic": ("Word Semantics", "accuracy"),
+    "wiki_lingua_english_en": ("Summarization", "rouge_l"),
+    "winogrande": ("Coreference Resolution", "accuracy"),
+    "wmt14_enfr": ("Translation", "rouge_l"),
+    "wmt16_translate_csen": ("Translation", "rouge_l"),
+    "wmt16_translate_deen": ("Translation", "rouge_l"),
+    "wmt16_translate_fien": ("Translation", "rouge_l"),
+    "wmt16_translate_roen": ("Translation", "rouge_l"),
+    "wmt16_translate_ruen": ("Translation", "rouge_l"),
+    "wmt16_translate_tren": ("Translation", "rouge_l"),
+    "wnli": ("Coreference Resolution", "accuracy"),
+    "word_segment": ("Misc.", "rouge_l"),
+    "wsc": ("Coreference Resolution", "accuracy"),
+    "xsum": ("Summarization", "rouge_l"),
+    "yelp_polarity_reviews": ("Sentiment Analysis", "accuracy"),
+}
+# Source-dataset spellings of FLAN names that differ from other benchmarks' spelling.
+FLAN_SOURCE_ALIASES: dict[str, str] = {
+    "ag_news_subset": "ag_news", "bool_q": "boolq", "imdb_reviews": "imdb", "glue_mrpc": "mrpc",
+    "glue_qqp": "qqp", "paws_wiki": "paws", "yelp_polarity_reviews": "yelp_polarity",
+    "anli_r1": "anli", "anli_r2": "anli", "anli_r3": "anli", "arc_challenge": "ai2_arc",
+    "arc_easy": "ai2_arc", "squad_v1": "squad_v1", "story_cloze": "story_cloze",
+}
+
+# PromptSource datasets: T0's training datasets (names as P3 prefixes its templates) and the
+# PromptSource evaluation datasets of the paper's Tables 10 and 15.
+# name -> (category, source dataset, metric). "exact_match" marks multiple-choice datasets whose
+# options are rendered inside the prompt (no fixed label set to rank).
+PS_DATASETS: dict[str, tuple[str, str, str]] = {
+    "adversarial_qa_dbert": ("Question Answering", "adversarial_qa", "rouge_l"),
+    "adversarial_qa_dbidaf": ("Question Answering", "adversarial_qa", "rouge_l"),
+    "adversarial_qa_droberta": ("Question Answering", "adversarial_qa", "rouge_l"),
+    "ag_news": ("Text Categorization", "ag_news", "accuracy"),
+    "amazon_polarity": ("Sentiment Analysis", "amazon_polarity", "accuracy"),
+    "app_reviews": ("Sentiment Analysis", "app_reviews", "rouge_l"),
+    "cnn_dailymail_3_0_0": ("Summarization", "cnn_dailymail", "rouge_l"),
+    "common_gen": ("Data to Text", "common_gen", "rouge_l"),
+    "commonsense_qa": ("Question Answering", "commonsense_qa", "exact_match"),
+    "cos_e_v1_11": ("Question Answering", "cos_e", "exact_match"),
+    "cosmos_qa": ("Question Answering", "cosmos_qa", "exact_match"),
+    "dbpedia_14": ("Text Categorization", "dbpedia_14", "accuracy"),
+    "dream": ("Question Answering", "dream", "exact_match"),
+    "duorc_ParaphraseRC": ("Question Answering", "duorc", "rouge_l"),
+    "duorc_SelfRC": ("Question Answering", "duorc", "rouge_l"),
+    "gigaword": ("Summarization", "gigaword", "rouge_l"),
+    "glue_mrpc": ("Text Matching", "mrpc", "accuracy"),
+    "glue_qqp": ("Text Matching", "qqp", "accuracy"),
+    "imdb": ("Sentiment Analysis", "imdb", "accuracy"),
+    "kilt_tasks_hotpotqa": ("Question Answering", "hotpot_qa", "rouge_l"),
+    "multi_news": ("Summarization", "multi_news", "rouge_l"),
+    "paws_labeled_final": ("Text Matching", "paws", "accuracy"),
+    "qasc": ("Question Answering", "qasc", "exact_match"),
+    "quail": ("Question Answering", "quail", "exact_match"),
+    "quarel": ("Question Answering", "quarel", "exact_match"),
+    "quartz": ("Question Answering", "quartz", "exact_match"),
+    "quoref": ("Question Answering", "quoref", "rouge_l"),
+    "race_high": ("Question Answering", "race", "accuracy"),
+    "race_middle": ("Question Answering", "race", "accuracy"),
+    "ropes": ("Question Answering", "ropes", "rouge_l"),
+    "rotten_tomatoes": ("Sentiment Analysis", "rotten_tomatoes", "accuracy"),
+    "samsum": ("Summarization", "samsum", "rouge_l"),
+    "sciq": ("Question Answering", "sciq", "exact_match"),
+    "social_i_qa": ("Question Answering", "social_i_qa", "exact_match"),
+    "trec": ("Text Categorization", "trec", "accuracy"),
+    "web_questions": ("Question Answering", "web_questions", "rouge_l"),
+    "wiki_bio": ("Data to Text", "wiki_bio", "rouge_l"),
+    "wiki_hop_original": ("Question Answering", "wiki_hop", "exact_match"),
+    "wiki_qa": ("Question Answering", "wiki_qa", "rouge_l"),
+    "wiqa": ("Question Answering", "wiqa", "rouge_l"),
+    "xsum": ("Summarization", "xsum", "rouge_l"),
+    "yelp_review_full": ("Sentiment Analysis", "yelp_review_full", "accuracy"),
+    # T0+ / T0++ additions listed in catalogue/t0_tasks.jsonl.
+    "ai2_arc_ARC_Challenge": ("Question Answering", "ai2_arc", "exact_match"),
+    "ai2_arc_ARC_Easy": ("Question Answering", "ai2_arc", "exact_match"),
+    "openbookqa_main": ("Question Answering", "openbookqa", "exact_match"),
+    "piqa": ("Question Answering", "piqa", "exact_match"),
+    "squad_v2": ("Question Answering", "squad_v2", "rouge_l"),
+    "super_glue_boolq": ("Question Answering", "boolq", "accuracy"),
+    "super_glue_multirc": ("Question Answering", "multirc", "accuracy"),
+    "super_glue_record": ("Question Answering", "record", "rouge_l"),
+    "trivia_qa_unfiltered": ("Question Answering", "trivia_qa", "rouge_l"),
+    "winogrande_winogrande_debiased": ("Coreference Resolution", "winogrande", "accuracy"),
+    # Evaluation datasets (Tables 10 and 15); data via the generic JSONL layout.
+    "anli_r1": ("Textual Entailment", "anli", "accuracy"),
+    "anli_r2": ("Textual Entailment", "anli", "accuracy"),
+    "anli_r3": ("Textual Entailment", "anli", "accuracy"),
+    "super_glue_cb": ("Textual Entailment", "cb", "accuracy"),
+    "super_glue_rte": ("Textual Entailment", "rte", "accuracy"),
+    "super_glue_axg": ("Textual Entailment", "winogender", "accuracy"),
+    "super_glue_copa": ("Cause Effect Classification", "copa", "accuracy"),
+    "hellaswag": ("Text Completion", "hellaswag", "accuracy"),
+    "story_cloze_2016": ("Text Completion", "story_cloze", "accuracy"),
+    "super_glue_wic": ("Word Semantics", "wic", "accuracy"),
+    "super_glue_wsc_fixed": ("Coreference Resolution", "wsc", "accuracy"),
+    "winogrande_winogrande_xl": ("Coreference Resolution", "winogrande", "accuracy"),
+    "crows_pairs": ("Stereotype Detection", "crows_pairs", "accuracy"),
+    "wino_bias": ("Stereotype Detection", "wino_bias", "rouge_l"),
+    "jigsaw_unintended_bias": ("Toxic Language Detection", "jigsaw_unintended_bias", "rouge_l"),
+    "blended_skill_talk": ("Dialogue Generation", "blended_skill_talk", "rouge_l"),
+    "squad_v1": ("Question Answering", "squad_v1", "rouge_l"),
+}
+
+# Chain-of-thought datasets of the Flan collection: CSV dataset name -> (our short name, source).
+COT_DATASETS: dict[str, tuple[str, str]] = {
+    "cot_gsm8k": ("gsm8k", "gsm8k"),
+    "cot_strategyqa": ("strategyqa", "strategyqa"),
+    "stream_aqua": ("aqua", "aqua_rat"),
+    "stream_creak": ("creak", "creak"),
+    "stream_ecqa": ("ecqa", "ecqa"),
+    "stream_esnli": ("esnli", "esnli"),
+    "stream_qasc": ("qasc", "qasc"),
+    "stream_qed": ("qed", "qed"),
+    "stream_sensemaking": ("sensemaking", "sensemaking"),
+}
+
+# Task-name prefixes per benchmark (sources.py dispatches on them).
+PS_PREFIX = "ps_"
+FLAN_PREFIX = "flan_"
+COT_PREFIX = "cot_"
+BBH_PREFIX = "bbh_"
+
+
+class CatalogueError(ValueError):
+    """A catalogue table or a fact file behind it is malformed; the message names file and field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogueRow:
+    """One row of tasks/catalogue.tsv: a TaskInfo plus the task's split in its source benchmark."""
+
+    info: TaskInfo
+    source_split: str = "train"
+
+    def as_tsv(self) -> list[str]:
+        i = self.info
+        return [i.name, i.benchmark, i.source_dataset, i.category, i.instruction_level, i.metric,
+                i.split_role, str(i.num_instances), self.source_split]
+
+
+def normalize_source(name: str) -> str:
+    """Canonical spelling of a source-dataset name, used to match data sources across benchmarks."""
+    s = re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
+    aliases = {"squad_1_1": "squad_v1", "squad1_1": "squad_v1", "squad": "squad_v1",
+               "squad2_0": "squad_v2", "squad_2_0": "squad_v2", "roc_stories": "rocstories",
+               "gsm": "gsm8k", "boolq": "boolq", "super_glue_boolq": "boolq"}
+    return aliases.get(s, s)
+
+
+def map_category(label: str, *, where: str = "") -> str:
+    """Map a benchmark's own category label onto the unified taxonomy; raise when unmapped."""
+    if label in TAXONOMY:
+        return label
+    if label in CATEGORY_MAP:
+        return CATEGORY_MAP[label]
+    raise CatalogueError(f"{where}: category {label!r} is neither in the unified taxonomy nor in "
+                         "catalogue.CATEGORY_MAP; add an explicit mapping")
+
+
+def secondary_metrics(task: TaskInfo) -> tuple[str, ...]:
+    """Metrics reported besides ``task.metric`` (SuperNI: exact match for classification-like tasks)."""
+    if task.benchmark == "SuperNI" and task.category in SUPERNI_EXACT_MATCH_CATEGORIES:
+        return ("exact_match",) if task.metric != "exact_match" else ()
+    return ()
+
+
+# --------------------------------------------------------------------------------------------
+# Data directory
+# --------------------------------------------------------------------------------------------
+@gin.configurable("data_dir")
+def data_dir(path: str | None = None) -> str | None:
+    """The real-data directory: the gin binding ``data_dir.path`` or else ``$OPTIML_DATA_DIR``.
+
+    Returns None when neither is set (then only the embedded suite is available).
+    """
+    chosen = path if path else os.environ.get(DATA_DIR_ENV) or None
+    if chosen is not None and not pathlib.Path(chosen).is_dir():
+        origin = "gin binding data_dir.path" if path else f"${DATA_DIR_ENV}"
+        raise FileNotFoundError(f"data directory {chosen!r} (from {origin}) does not exist")
+    return chosen
+
+
+def resolve_data_dir(explicit: str | os.PathLike | None = None) -> pathlib.Path | None:
+    """An explicit directory if given (must exist), else ``data_dir()``."""
+    if explicit is not None:
+        p = pathlib.Path(explicit)
+        if not p.is_dir():
+            raise FileNotFoundError(f"data_dir {str(p)!r} does not exist or is not a directory")
+        return p
+    d = data_dir()
+    return pathlib.Path(d) if d else None
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the table
+# --------------------------------------------------------------------------------------------
+def _parse_row(fields: Mapping[str, str], where: str) -> CatalogueRow:
+    for col in COLUMNS:
+        if col not in fields or fields[col] is None:
+            raise CatalogueError(f"{where}: missing column {col!r}")
+    name = fields["name"].strip()
+    if not name:
+        raise CatalogueError(f"{where}: field 'name' is empty")
+    bench = fields["benchmark"].strip()
+    if bench not in KNOWN_BENCHMARKS:
+        raise CatalogueError(f"{where}: field 'benchmark' = {bench!r} is not one of "
+                             f"{', '.join(KNOWN_BENCHMARKS)}")
+    category = fields["category"].strip()
+    if category not in TAXONOMY:
+        raise CatalogueError(f"{where}: field 'category' = {category!r} is not in the unified "
+                             "taxonomy (catalogue.TAXONOMY)")
+    checks = (("instruction_level", INSTRUCTION_LEVELS), ("metric", METRICS),
+              ("split_role", SPLIT_ROLES), ("source_split", SOURCE_SPLITS))
+    for col, allowed in checks:
+        if fields[col].strip() not in allowed:
+            raise CatalogueError(f"{where}: field {col!r} = {fields[col]!r} is not one of {allowed}")
+    try:
+        n = int(fields["num_instances"])
+    except ValueError:
+        raise CatalogueError(f"{where}: field 'num_instances' = {fields['num_instances']!r} is "
+                             "not an integer") from None
+    if n < 0:
+        raise CatalogueError(f"{where}: field 'num_instances' is negative")
+    info = TaskInfo(name=name, benchmark=bench, category=category,
+                    source_dataset=fields["source_dataset"].strip(),
+                    instruction_level=fields["instruction_level"].strip(),  # type: ignore[arg-type]
+                    metric=fields["metric"].strip(),  # type: ignore[arg-type]
+                    split_role=fields["split_role"].strip(), num_instances=n)
+    return CatalogueRow(info=info, source_split=fields["source_split"].strip())
+
+
+def read_table(path: str | os.PathLike) -> list[CatalogueRow]:
+    """Parse and validate a catalogue TSV (header = ``COLUMNS``); errors name file, line and field."""
+    path = pathlib.Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"catalogue table {path} not found; generate it with "
+                                "`python -m optiml_jax.tasks.catalogue --build --data_dir DIR`") from None
+    except UnicodeDecodeError as e:
+        raise CatalogueError(f"{path}: not valid UTF-8 at byte {e.start}") from None
+    lines = text.splitlines()
+    if not lines:
+        raise CatalogueError(f"{path}: empty file (expected a header {COLUMNS})")
+    header = lines[0].split("\t")
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise CatalogueError(f"{path}: header lacks column(s) {missing}")
+    rows: list[CatalogueRow] = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        values = line.split("\t")
+        if len(values) != len(header):
+            raise CatalogueError(f"{path}:{lineno}: {len(values)} fields, header has {len(header)}")
+        row = _parse_row(dict(zip(header, values)), f"{path}:{lineno}")
+        if row.info.name in seen:
+            raise CatalogueError(f"{path}:{lineno}: duplicate task name {row.info.name!r} "
+                                 f"(first on line {seen[row.info.name]})")
+        seen[row.info.name] = lineno
+        rows.append(row)
+    return rows
+
+
+def write_table(rows: Iterable[CatalogueRow], path: str | os.PathLike) -> None:
+    """Write rows as a catalogue TSV (sorted by benchmark, then name, for stable diffs)."""
+    rows = sorted(rows, key=lambda r: (r.info.benchmark, r.info.name))
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("\t".join(COLUMNS) + "\n")
+        for r in rows:
+            vals = r.as_tsv()
+            if any("\t" in v or "\n" in v for v in vals):
+                raise CatalogueError(f"task {r.info.name!r}: a field holds a tab or newline")
+            f.write("\t".join(vals) + "\n")
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_rows(table_path: str, mtime_ns: int, extra_path: str | None,
+                 extra_mtime_ns: int) -> tuple[CatalogueRow, ...]:
+    rows = read_table(table_path)
+    if extra_path is not None:
+        names = {r.info.name for r in rows}
+        for r in read_table(extra_path):
+            if r.info.name in names:
+                raise CatalogueError(f"{extra_path}: task {r.info.name!r} is already in "
+                                     f"{table_path}; give user tasks new names")
+            rows.append(r)
+    rows.extend(embedded_rows())
+    return tuple(rows)
+
+
+def embedded_rows() -> list[CatalogueRow]:
+    """Rows of the embedded suite, with their roles under the "embedded" split."""
+    from optiml_jax.tasks import embedded_suite, splits  # lazily: both sit above this module
+    infos = embedded_suite.embedded_tasks()
+    resolved = splits.resolve(splits.get_split("embedded"), infos, source_splits={})
+    return [CatalogueRow(dataclasses.replace(i, split_role=resolved.roles[n]), source_split="train")
+            for n, i in infos.items()]
+
+
+def load_rows(data_dir: str | os.PathLike | None = None,
+              table_path: str | os.PathLike | None = None) -> tuple[CatalogueRow, ...]:
+    """All catalogue rows: the committed table, user rows of ``<data_dir>/jsonl/catalogue.tsv``,
+    and the embedded suite."""
+    table = pathlib.Path(table_path) if table_path else CATALOGUE_PATH
+    if not table.is_file():
+        raise FileNotFoundError(f"catalogue table {table} not found; generate it with "
+                                "`python -m optiml_jax.tasks.catalogue --build --data_dir DIR`")
+    d = resolve_data_dir(data_dir)
+    extra = d / EXTRA_CATALOGUE_RELPATH if d is not None else None
+    extra_s, extra_m = (str(extra), extra.stat().st_mtime_ns) if extra and extra.is_file() else (None, 0)
+    return _cached_rows(str(table), table.stat().st_mtime_ns, extra_s, extra_m)
+
+
+def load_catalogue(data_dir: str | os.PathLike | None = None) -> dict[str, TaskInfo]:
+    """Every task of OPT-IML Bench (tasks/catalogue.tsv + user rows + embedded suite) by name.
+
+    ``split_role`` is the task's role under the paper's "optiml" split (for embedded tasks: under
+    the "embedded" split); ``splits.resolve`` recomputes roles for any split definition.
+    """
+    return {r.info.name: r.info for r in load_rows(data_dir)}
+
+
+def source_splits(data_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """Task name -> its split in its source benchmark (``SOURCE_SPLITS``)."""
+    return {r.info.name: r.source_split for r in load_rows(data_dir)}
+
+
+# --------------------------------------------------------------------------------------------
+# Building the table from a data directory
+# --------------------------------------------------------------------------------------------
+def _read_tsv_dicts(path: pathlib.Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (needed to build the catalogue)")
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def _superni_alias_key(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def _superni_category(row: Mapping[str, str], task_json: Mapping | None, where: str) -> str:
+    name = row["task"]
+    if name in SUPERNI_NAME_CATEGORY_OVERRIDES:
+        return SUPERNI_NAME_CATEGORY_OVERRIDES[name]
+    if row.get("category"):
+        return map_category(row["category"], where=where)
+    if task_json and task_json.get("Categories"):
+        return map_category(task_json["Categories"][0], where=where)
+    for suffix, category in SUPERNI_NAME_SUFFIX_CATEGORY:
+        if name.endswith(suffix):
+            return category
+    raise CatalogueError(f"{where}: task {name!r} has no category and no rule in "
+                         "SUPERNI_NAME_SUFFIX_CATEGORY")
+
+
+def _superni_source(row: Mapping[str, str], task_json: Mapping | None) -> str:
+    if row.get("source_dataset"):
+        return row["source_dataset"].strip().rstrip(",")
+    if task_json and task_json.get("Source"):
+        return str(task_json["Source"][0]).strip()
+    # SuperNI names are task<NNN>_<source>_<what>: the token after the number names the source.
+    parts = row["task"].split("_")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def build_superni_rows(data: pathlib.Path) -> list[CatalogueRow]:
+    """SuperNI rows from superni/all_tasks_catalog.tsv (FLAN's underscore spellings of default-track
+    tasks are aliases of the same task and are dropped)."""
+    path = data / "superni" / "all_tasks_catalog.tsv"
+    rows = _read_tsv_dicts(path)
+    default = {_superni_alias_key(r["task"]) for r in rows if r["default_split"] in ("train", "test")}
+    out = []
+    for lineno, r in enumerate(rows, start=2):
+        where = f"{path}:{lineno}"
+        split = r["default_split"]
+        if split not in ("train", "test") and _superni_alias_key(r["task"]) in default:
+            continue  # alias of a default-track task
+        task_file = data / "superni" / "tasks" / f"{r['task']}.json"
+        task_json = json.loads(task_file.read_text(encoding="utf-8")) if task_file.is_file() else None
+        try:
+            n = int(r.get("num_instances") or 0)
+        except ValueError:
+            raise CatalogueError(f"{where}: num_instances {r['num_instances']!r} is not an integer") from None
+        info = TaskInfo(name=r["task"], benchmark="SuperNI",
+                        category=_superni_category(r, task_json, where),
+                        source_dataset=normalize_source(_superni_source(r, task_json)),
+                        instruction_level="task", metric="rouge_l", num_instances=n)
+        out.append(CatalogueRow(info, source_split=split if split in ("train", "test") else "extra"))
+    return out
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", s.lower()).strip("_")
+
+
+def build_flan_rows(data: pathlib.Path) -> list[CatalogueRow]:
+    """FLAN, Dialog and Program Synthesis rows of the Flan collection (inverted variants dropped:
+    the paper neither trains nor evaluates on inverted templates)."""
+    path = data / "catalogue" / "flan_collection_info.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found (needed to build the catalogue)")
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    per_dataset: dict[str, list[str]] = {}
+    for lineno, r in enumerate(rows, start=2):
+        src, ds, generic = r["Source"], r["Dataset"], r["Generic Task Category"]
+        if src not in ("FLAN", "FLAN/T0", "Dialog", "Program Synthesis"):
+            continue
+        if generic.startswith("Inverted "):
+            continue
+        if src in ("FLAN", "FLAN/T0"):
+            if ds not in FLAN_DATASETS:
+                raise CatalogueError(f"{path}:{lineno}: FLAN dataset {ds!r} has no entry in "
+                                     "catalogue.FLAN_DATASETS")
+            per_dataset.setdefault(ds, [])
+            continue
+        map_category(generic, where=f"{path}:{lineno}")  # fail early on unmapped labels
+        cats = per_dataset.setdefault(ds, [])
+        if generic not in cats:
+            cats.append(generic)
+    out = []
+    for ds, generics in per_dataset.items():
+        if ds in FLAN_DATASETS:
+            category, metric = FLAN_DATASETS[ds]
+            out.append(CatalogueRow(TaskInfo(
+                name=FLAN_PREFIX + ds, benchmark="FLAN", category=category,
+                source_dataset=normalize_source(FLAN_SOURCE_ALIASES.get(ds, ds)),
+                instruction_level="instance", metric=metric)))  # type: ignore[arg-type]
+            continue
+        for generic in generics:
+            name = FLAN_PREFIX + ds + ("" if len(generics) == 1 else "_" + _slug(generic))
+            out.append(CatalogueRow(TaskInfo(
+                name=name, benchmark="FLAN", category=CATEGORY_MAP[generic],
+                source_dataset=normalize_source(ds), instruction_level="instance",
+                metric="rouge_l")))
+    return out
+
+
+_ANLI_ROUND = re.compile(r"_r([123])(_score_eval)?$")
+
+
+def ps_dataset_of(template: str) -> str | None:
+    """The PromptSource dataset a P3 template name belongs to (longest matching prefix; dots read
+    as underscores, ANLI templates by their round suffix)."""
+    t = template.replace(".", "_")
+    if t.startswith("anli_"):
+        m = _ANLI_ROUND.search(t)
+        return f"anli_r{m.group(1)}" if m else None
+    best = None
+    for ds in PS_DATASETS:
+        if t.startswith(ds + "_") and (best is None or len(ds) > len(best)):
+            best = ds
+    return best
+
+
+def build_ps_rows(data: pathlib.Path) -> list[CatalogueRow]:
+    """PromptSource rows: one task per dataset; every T0 template of the Flan collection and of
+    catalogue/t0_tasks.jsonl must belong to a known dataset."""
+    csv_path = data / "catalogue" / "flan_collection_info.csv"
+    with open(csv_path, encoding="utf-8", newline="") as f:
+        for lineno, r in enumerate(csv.DictReader(f), start=2):
+            if r["Source"] == "T0" and ps_dataset_of(r["Specific Task Category"]) is None:
+                raise CatalogueError(f"{csv_path}:{lineno}: T0 template "
+                                     f"{r['Specific Task Category']!r} matches no PS_DATASETS entry")
+    sizes: dict[str, int] = {}
+    t0_path = data / "catalogue" / "t0_tasks.jsonl"
+    if t0_path.is_file():
+        for lineno, line in enumerate(t0_path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                template = rec["name"].split(":", 1)[-1]
+                n_train = int(rec.get("splits", {}).get("train", 0))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise CatalogueError(f"{t0_path}:{lineno}: bad record ({e})") from None
+            ds = ps_dataset_of(template)
+            if ds is None:
+                raise CatalogueError(f"{t0_path}:{lineno}: template {template!r} matches no "
+                                     "PS_DATASETS entry")
+            sizes[ds] = max(sizes.get(ds, 0), n_train)
+    out = []
+    for ds, (category, source, metric) in PS_DATASETS.items():
+        out.append(CatalogueRow(TaskInfo(
+            name=PS_PREFIX + ds, benchmark="PromptSource", category=category,
+            source_dataset=normalize_source(source), instruction_level="instance",
+            metric=metric, num_instances=sizes.get(ds, 0))))  # type: ignore[arg-type]
+    return out
+
+
+def _count_lines(path: pathlib.Path) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def build_reasoning_rows(data: pathlib.Path) -> list[CatalogueRow]:
+    """Chain-of-thought rows (Reasoning benchmark), BBH rows and superni_extra's non-SuperNI tasks."""
+    out = []
+    for _, (short, source) in COT_DATASETS.items():
+        tsv = data / "flan_cot" / f"{short}_train.tsv"
+        out.append(CatalogueRow(TaskInfo(
+            name=COT_PREFIX + short, benchmark="Reasoning", category="Reasoning",
+            source_dataset=normalize_source(source), instruction_level="task", metric="rouge_l",
+            num_instances=_count_lines(tsv) if tsv.is_file() else 0)))
+    bbh_dir = data / "bbh" / "bbh"
+    for path in sorted(bbh_dir.glob("*.json")) if bbh_dir.is_dir() else []:
+        try:
+            n = len(json.loads(path.read_text(encoding="utf-8"))["examples"])
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CatalogueError(f"{path}: cannot count examples ({e})") from None
+        out.append(CatalogueRow(TaskInfo(
+            name=BBH_PREFIX + path.stem, benchmark="BBH", category="Reasoning",
+            source_dataset="bbh", instruction_level="task", metric="exact_match",
+            num_instances=n), source_split="eval_only"))
+    meta = data / "superni_extra" / "tasks_extra.jsonl"
+    if meta.is_file():
+        for lineno, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if rec.get("official_NI_task", True):
+                continue  # real SuperNI tasks are rows of all_tasks_catalog.tsv already
+            name = rec["name"]
+            if "_bbh_" in name:
+                bench, source, metric = "BBH", "bbh", "exact_match"
+            else:
+                source = normalize_source(name.split("_", 1)[1])
+                bench = "Reasoning"
+                # Table 15 scores GSM8K and StrategyQA (rationale + answer) with Rouge-L.
+                metric = "rouge_l" if source in ("gsm8k", "strategyqa") else "exact_match"
+            out.append(CatalogueRow(TaskInfo(
+                name=name, benchmark=bench, category="Reasoning", source_dataset=source,
+                instruction_level="task", metric=metric,  # type: ignore[arg-type]
+                num_instances=int(rec.get("num_instances_in_source_file") or 0)),
+                source_split="eval_only"))
+    return out
+
+
+def build_catalogue(data_dir: str | os.PathLike) -> list[CatalogueRow]:
+    """Build every catalogue row from the fact files of a data directory.
+
+    ``split_role`` is filled with the role under the paper's split ("optiml", see splits.py).
+    """
+    data = pathlib.Path(data_dir)
+    if not (data / "superni").is_dir():
+        raise FileNotFoundError(f"--data_dir {data}: no superni/ folder (see /work/shared/data "
+                                "README for the expected layout)")
+    rows = (build_superni_rows(data) + build_flan_rows(data) + build_ps_rows(data)
+            + build_reasoning_rows(data))
+    names: set[str] = set()
+    for r in rows:
+        if r.info.name in names:
+            raise CatalogueError(f"two catalogue rows are named {r.info.name!r}")
+        names.add(r.info.name)
+    from optiml_jax.tasks import splits  # the roles are a function of the rows (no import cycle)
+    infos = {r.info.name: r.info for r in rows}
+    resolved = splits.resolve(splits.get_split("optiml"), infos,
+                              source_splits={r.info.name: r.source_split for r in rows})
+    return [dataclasses.replace(r, info=dataclasses.replace(r.info, split_role=resolved.roles[r.info.name]))
+            for r in rows]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``--build`` regenerates tasks/catalogue.tsv; ``--summary`` prints counts."""
+    p = argparse.ArgumentParser(prog="python -m optiml_jax.tasks.catalogue", description=main.__doc__)
+    p.add_argument("--build", action="store_true", help="regenerate the table from --data_dir")
+    p.add_argument("--data_dir", default=None, help=f"data directory (default: ${DATA_DIR_ENV})")
+    p.add_argument("--output", default=str(CATALOGUE_PATH), help="where to write the table")
+    p.add_argument("--summary", action="store_true", help="print counts per benchmark and role")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.build:
+        d = resolve_data_dir(args.data_dir)
+        if d is None:
+            p.error(f"--build needs --data_dir or ${DATA_DIR_ENV}")
+        rows = build_catalogue(d)
+        write_table(rows, args.output)
+        log.info("wrote %d tasks to %s", len(rows), args.output)
+        table_rows: Iterable[CatalogueRow] = rows
+    else:
+        table_rows = read_table(args.output)
+    if args.summary or not args.build:
+        counts: dict[tuple[str, str], int] = {}
+        for r in table_rows:
+            key = (r.info.benchmark, r.info.split_role)
+            counts[key] = counts.get(key, 0) + 1
+        for (bench, role), n in sorted(counts.items()):
+            print(f"{bench:14s} {role:18s} {n:5d}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,496 @@
+"""The trainer's and the evaluator's view of the benchmark (docs/architecture.md, "Pipeline API").
+
+`TrainInput` is the fast training input: the mixture sampler picks ``(task, example, prompt key)`` for stream
+position ``g`` as a pure function of ``(seed, g)``; prompts are rendered, tokenised in batches with the
+vocabulary's ``encode_batch`` (and cached per task/example/delimiter), and packed in numpy by
+`optiml_jax.feature_converters`. Host ``s`` of ``n`` reads global positions ``k * n + s`` (seqio ShardInfo
+semantics: disjoint, deterministic, and their interleaving is the single-host stream); the whole input state
+is the next local position ``k``.
+
+Everything that touches the data layer (catalogue, sources, splits) goes through `Bench`, built once per
+(data dir, split definition) by `get_bench`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import logging
+import os
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from optiml_jax import feature_converters as fc
+from optiml_jax.tasks import mixtures as mx
+from optiml_jax.tasks import prompts
+from optiml_jax.tasks.schema import LEVELS, Example, PromptedExample, TaskInfo
+
+logger = logging.getLogger(__name__)
+
+EVAL_SPLITS: tuple[str, ...] = ("validation", "test")
+TRAIN_MIXTURE = "optiml_train"
+MAX_TRAIN_MIXTURE = "optiml_max_train"
+# Evaluation-only collections: never trained on, not even by the "Max" variant.
+EVAL_ONLY_BENCHMARKS = frozenset({"BBH", "BIG-bench"})
+STATE_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The benchmark as seen through one split definition.
+
+
+@dataclasses.dataclass
+class Bench:
+    """Catalogue + split definition + example loader, with per-task caches.
+
+    Attributes:
+      split_name: the split definition ("optiml", "embedded", or a custom gin-defined one).
+      data_dir: where the real data lives (None: embedded suite only).
+      catalogue: every known task.
+      train_tasks: the split's training tasks.
+      eval_tasks: (validation|test, level) -> task names.
+      load: TaskInfo -> raw examples.
+      is_heldout: (task name, example id) -> True when the instance is held out of training (supervised level).
+      eval_instance_split: (task name, example id) -> "validation" | "test" for held-out instances of
+        training tasks (which evaluation split uses them); None when both may.
+      excluded: training task names to drop (e.g. from the leakage audit).
+      heldout_category_splits: category -> eval split that holds it out (from the split definition).
+    """
+
+    split_name: str
+    data_dir: str | None
+    catalogue: Mapping[str, TaskInfo]
+    train_tasks: tuple[str, ...]
+    eval_tasks: Mapping[tuple[str, str], tuple[str, ...]]
+    load: Callable[[TaskInfo], list[Example]]
+    is_heldout: Callable[[str, str], bool]
+    eval_instance_split: Callable[[str, str], str | None] | None = None
+    excluded: frozenset[str] = frozenset()
+    heldout_category_splits: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    _examples: dict[str, list[Example]] = dataclasses.field(default_factory=dict, repr=False)
+    _train: dict[str, list[Example]] = dataclasses.field(default_factory=dict, repr=False)
+
+    def info(self, name: str) -> TaskInfo:
+        """TaskInfo of a task; the error names the split and a few close names."""
+        try:
+            return self.catalogue[name]
+        except KeyError:
+            close = sorted(n for n in self.catalogue if name.split("_")[0] in n)[:5]
+            raise KeyError(f"unknown task {name!r} (split {self.split_name!r}, data_dir={self.data_dir!r}); "
+                           f"similar: {close}") from None
+
+    def examples(self, name: str) -> list[Example]:
+        """All examples of a task (cached)."""
+        if name not in self._examples:
+            self._examples[name] = list(self.load(self.info(name)))
+        return self._examples[name]
+
+    def train_examples(self, name: str) -> list[Example]:
+        """Examples a training task may be trained on (held-out instances removed; cached)."""
+        if name not in self._train:
+            self._train[name] = [e for e in self.examples(name) if not self.is_heldout(name, e.id)]
+        return self._train[name]
+
+    def level_of(self, name: str, split: str) -> str:
+        """Generalisation level of a task in an evaluation split."""
+        _check_eval_split(split)
+        for level in LEVELS:
+            if name in self.eval_tasks.get((split, level), ()):
+                return level
+        raise ValueError(f"task {name!r} is not an evaluation task of split {split!r} "
+                         f"(split definition {self.split_name!r})")
+
+    def eval_pool(self, name: str, split: str) -> list[Example]:
+        """The instances a task is evaluated on in ``split`` (held-out instances for supervised tasks)."""
+        if self.level_of(name, split) != "supervised":
+            return self.examples(name)
+        held = [e for e in self.examples(name) if self.is_heldout(name, e.id)]
+        if self.eval_instance_split is not None:
+            held = [e for e in held if self.eval_instance_split(name, e.id) in (None, split)]
+        return held
+
+    def demo_pool(self, name: str, split: str) -> list[Example]:
+        """Where k-shot demonstrations come from: training instances of a supervised task; other instances of
+        the task otherwise (`prompts.choose_demos` never picks the evaluated one)."""
+        if self.level_of(name, split) == "supervised":
+            return self.train_examples(name)
+        return self.examples(name)
+
+    def heldout_categories(self) -> dict[str, str]:
+        """Held-out category -> what holds it out (a fully held-out task, or the split definition)."""
+        out: dict[str, str] = {}
+        for split in EVAL_SPLITS:
+            for name in self.eval_tasks.get((split, "fully_heldout"), ()):
+                out.setdefault(self.catalogue[name].category, f"evaluation task {name!r}")
+        for c, s in self.heldout_category_splits.items():
+            out.setdefault(c, f"the {s} split")
+        return out
+
+    def training_task_names(self, mixture: str) -> tuple[str, ...]:
+        """Training tasks of a mixture name: the split's (optiml_train), all (optiml_max_train), or one task."""
+        if mixture == TRAIN_MIXTURE:
+            names = self.train_tasks
+        elif mixture == MAX_TRAIN_MIXTURE:
+            names = tuple(n for n, t in sorted(self.catalogue.items())
+                          if t.split_role != "excluded" and t.benchmark not in EVAL_ONLY_BENCHMARKS)
+        elif mixture in self.catalogue:
+            names = (mixture,)
+        else:
+            raise ValueError(f"unknown training mixture {mixture!r}: use {TRAIN_MIXTURE!r}, "
+                             f"{MAX_TRAIN_MIXTURE!r} or a task name")
+        return tuple(n for n in names if n not in self.excluded)
+
+    def check_training_tasks(self, names: Sequence[str]) -> None:
+        """Refuses a training set containing a task of a held-out category (the error names both)."""
+        held = self.heldout_categories()
+        for name in names:
+            cat = self.catalogue[name].category
+            if cat in held:
+                raise ValueError(
+                    f"training task {name!r} belongs to held-out category {cat!r} "
+                    f"(held out by {held[cat]} of split definition {self.split_name!r})")
+
+
+def _check_eval_split(split: str) -> None:
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str | None:
+    """The data dir: the argument, else the data layer's resolution (OPTIML_DATA_DIR / gin), else None."""
+    if data_dir is not None:
+        return str(data_dir)
+    try:
+        from optiml_jax.tasks import catalogue
+
+        resolved = catalogue.data_dir()
+    except (ImportError, AttributeError):
+        resolved = os.environ.get("OPTIML_DATA_DIR") or None
+    return str(resolved) if resolved else None
+
+
+def default_split(data_dir: str | None) -> str:
+    """"optiml" when real data is configured, else "embedded" (docs/architecture.md)."""
+    return "optiml" if data_dir else "embedded"
+
+
+def _read_exclusions(data_dir: str | None) -> frozenset[str]:
+    # The leakage audit's --drop writes this list; see optiml_jax/tasks/leakage.py.
+    from optiml_jax.tasks import leakage
+
+    return frozenset(leakage.read_exclusions(data_dir))
+
+
+@functools.lru_cache(maxsize=8)
+def _bench_cached(data_dir: str | None, split: str, gin_config: str) -> Bench:
+    del gin_config  # cache key only: new gin bindings (custom splits) give a new Bench
+    from optiml_jax.tasks import catalogue, sources, splits  # the data layer
+
+    cat = catalogue.load_catalogue(data_dir)
+    resolved = splits.resolved(split, data_dir)
+    eval_tasks = {(s, level): tuple(resolved.eval[(s, level)]) for s in EVAL_SPLITS for level in LEVELS}
+    return Bench(
+        split_name=split, data_dir=data_dir, catalogue=cat, train_tasks=tuple(resolved.train),
+        eval_tasks=eval_tasks, load=lambda task: sources.load_examples(task, data_dir),
+        is_heldout=resolved.is_heldout_instance, eval_instance_split=resolved.heldout_split_of,
+        excluded=_read_exclusions(data_dir),
+        heldout_category_splits={c: s for s, cats in resolved.heldout_categories.items() for c in cats})
+
+
+def get_bench(data_dir: str | os.PathLike | None = None, split: str | None = None) -> Bench:
+    """The (cached) `Bench` for a data dir and split definition (defaults per `default_split`)."""
+    import gin
+
+    d = resolve_data_dir(data_dir)
+    return _bench_cached(d, split or default_split(d), gin.config_str())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Training input.
+
+
+def _digest(names: Sequence[str]) -> str:
+    return hashlib.blake2b("\n".join(names).encode(), digest_size=8).hexdigest()
+
+
+def training_rates(bench: Bench, mixture: str = TRAIN_MIXTURE,
+                   config: mx.MixtureConfig | None = None) -> tuple[mx.MixtureRates, list[str]]:
+    """Mixing rates of a training mixture and the tasks left out for having no training examples on disk.
+
+    Refuses (ValueError naming task and category) a task of a held-out category, except in the "Max" mixture,
+    which deliberately trains on everything.
+    """
+    config = config or mx.MixtureConfig()
+    names = bench.training_task_names(mixture)
+    if mixture != MAX_TRAIN_MIXTURE:
+        bench.check_training_tasks(names)
+    sizes: dict[str, mx.TaskSize] = {}
+    skipped: list[str] = []
+    for name in names:
+        exs = bench.train_examples(name)
+        if not exs:
+            skipped.append(name)
+            continue
+        info = bench.catalogue[name]
+        use_catalogue = config.size_source == "catalogue" and info.num_instances > 0
+        sizes[name] = mx.TaskSize(info.benchmark, info.num_instances if use_catalogue else len(exs))
+    if skipped:
+        logger.warning("%s: %d training tasks have no examples on disk and are left out (first: %s)",
+                       mixture, len(skipped), skipped[:5])
+    return mx.compute_rates(sizes, config), skipped
+
+
+class TrainInput:
+    """Iterator of packed numpy batches of the training mixture (see module docstring).
+
+    Each batch holds the feature-converter keys ([batch_size, seq_len]) plus ``decoder_task_ids`` (index into
+    `task_names`, -1 on padding; keep it on the host). `state()` / `restore()` resume exactly.
+    """
+
+    def __init__(
+        self,
+        mixture: str = TRAIN_MIXTURE,
+        *,
+        vocab: Any,
+        batch_size: int,
+        seq_len: int,
+        seed: int = 0,
+        shard_index: int = 0,
+        num_shards: int = 1,
+        data_dir: str | None = None,
+        split: str | None = None,
+        mixture_config: mx.MixtureConfig | None = None,
+        bench: Bench | None = None,
+        cache_size: int = 100_000,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"TrainInput: batch_size must be >= 1, got {batch_size}")
+        if seq_len < 2:
+            raise ValueError(f"TrainInput: seq_len must be >= 2, got {seq_len}")
+        if num_shards < 1 or not 0 <= shard_index < num_shards:
+            raise ValueError(f"TrainInput: need 0 <= shard_index < num_shards, got {shard_index}/{num_shards}")
+        self.mixture = mixture
+        self.vocab = vocab
+        self.batch_size, self.seq_len = int(batch_size), int(seq_len)
+        self.seed, self.shard_index, self.num_shards = int(seed), int(shard_index), int(num_shards)
+        self.config = mixture_config or mx.MixtureConfig()
+        self.bench = bench or get_bench(data_dir, split)
+
+        self.rates, self.skipped_tasks = training_rates(self.bench, mixture, self.config)
+        self.task_names: tuple[str, ...] = self.rates.task_names
+        self._examples = [self.bench.train_examples(n) for n in self.task_names]
+        self._infos = [self.bench.catalogue[n] for n in self.task_names]
+        self.task_benchmark: dict[str, str] = {n: i.benchmark for n, i in zip(self.task_names, self._infos)}
+        self.sampler = mx.MixtureSampler(self.rates.rates, seed=self.seed)
+        self._cache: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._cache_size = int(cache_size)
+        self.position = 0                      # next local stream index not yet placed in a batch
+        self._buffer: list[fc.Segment] = []    # segments for positions position, position + 1, ...
+        self._avg_len = 64.0
+        self.num_truncated = {"source": 0, "target": 0}
+
+    # -- stream ------------------------------------------------------------------------------------------
+
+    def global_index(self, k: int) -> int:
+        """Global stream position of this host's local position ``k``."""
+        return k * self.num_shards + self.shard_index
+
+    def draw(self, k: int) -> tuple[int, int, int, int]:
+        """(task index, example index, delimiter index, shots) of local position ``k``: pure in (seed, shard, k)."""
+        t, ex_key, aux = self.sampler.draw(self.global_index(k))
+        shots = mx.sample_num_shots(self.config, aux)
+        return t, ex_key % len(self._examples[t]), prompts.train_delimiter_index(aux), shots
+
+    def _render(self, k: int) -> tuple[int, PromptedExample, tuple[int, int, int] | None]:
+        t, e, d, shots = self.draw(k)
+        aux = self.sampler.draw(self.global_index(k))[2]
+        pool = self._examples[t]
+        p = prompts.render_train(self._infos[t], pool[e], pool, key=aux, num_shots=shots,
+                                 separator=self.config.metaicl_separator)
+        return t, p, ((t, e, d) if p.num_shots == 0 else None)
+
+    def _extend(self, count: int) -> None:
+        start = self.position + len(self._buffer)
+        rendered = [self._render(k) for k in range(start, start + count)]
+        pairs: list[tuple[np.ndarray, np.ndarray] | None] = [
+            self._cache.get(key) if key is not None else None for _, _, key in rendered]
+        todo = [i for i, pair in enumerate(pairs) if pair is None]
+        if todo:
+            # One batched tokeniser call for every source and target of the chunk.
+            ids = self.vocab.encode_batch([rendered[i][1].source for i in todo]
+                                          + [rendered[i][1].target for i in todo])
+            if len(self._cache) + len(todo) > self._cache_size:
+                self._cache.clear()   # bounded memory; entries are cheap to recompute
+            for j, i in enumerate(todo):
+                pairs[i] = (np.asarray(ids[j], np.int32), np.asarray(ids[len(todo) + j], np.int32))
+                key = rendered[i][2]
+                if key is not None:   # MetaICL prompts vary with their demonstrations: not cached
+                    self._cache[key] = pairs[i]
+        new = []
+        for (t, _, _), pair in zip(rendered, pairs):
+            assert pair is not None
+            new.append(fc.make_segment(pair[0], pair[1], bos_id=self.vocab.bos_id, eos_id=self.vocab.eos_id,
+                                       max_length=self.seq_len, tag=t))
+        self._buffer.extend(new)
+        self._avg_len = 0.5 * self._avg_len + 0.5 * float(np.mean([s.length for s in new]))
+
+    def _segments(self) -> Iterator[fc.Segment]:
+        i = 0
+        while True:
+            if i >= len(self._buffer):
+                want = int(self.batch_size * self.seq_len / max(self._avg_len, 1.0) * 1.1) + 4
+                self._extend(max(16, want - (len(self._buffer) - i)))
+            yield self._buffer[i]
+            i += 1
+
+    def iter_examples(self, start: int = 0, chunk: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+        """Unpacked stream ``(source_ids, target_ids, task_index)`` from local position ``start`` (for seqio);
+        packing it with `feature_converters` gives exactly this input's batches. Independent of `position`."""
+        worker = TrainInput.__new__(TrainInput)
+        worker.__dict__.update(self.__dict__)
+        worker._buffer, worker.position = [], int(start)
+        while True:
+            worker._extend(chunk)
+            for seg in worker._buffer:
+                src = seg.tokens[1:seg.num_prefix]
+                tgt = seg.tokens[seg.num_prefix:-1]
+                yield src, tgt, seg.tag
+            worker.position += len(worker._buffer)
+            worker._buffer = []
+
+    def __iter__(self) -> "TrainInput":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch, consumed = fc.pack_segments(
+            self._segments(), max_length=self.seq_len, num_rows=self.batch_size,
+            pad_id=self.vocab.pad_id, with_tags=True)
+        for seg in self._buffer[:consumed]:
+            if seg.truncated == fc.SOURCE_TRUNCATED:
+                self.num_truncated["source"] += 1
+            elif seg.truncated == fc.TARGET_TRUNCATED:
+                self.num_truncated["target"] += 1
+        del self._buffer[:consumed]
+        self.position += consumed
+        return batch
+
+    # -- checkpointing -----------------------------------------------------------------------------------
+
+    def state(self) -> dict:
+        """Small JSON-serialisable position of this host's stream."""
+        return {
+            "version": STATE_VERSION, "mixture": self.mixture, "split": self.bench.split_name,
+            "seed": self.seed, "shard_index": self.shard_index, "num_shards": self.num_shards,
+            "position": self.position, "tasks_digest": _digest(self.task_names),
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Resumes at a `state()`; refuses a state of another stream (mismatching field named)."""
+        if not isinstance(state, Mapping) or "position" not in state:
+            raise ValueError(f"TrainInput.restore: not a TrainInput state: {state!r}")
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"TrainInput.restore: state version {state.get('version')!r} != {STATE_VERSION}")
+        mine = self.state()
+        for key in ("mixture", "split", "seed", "shard_index", "num_shards", "tasks_digest"):
+            if state.get(key) != mine[key]:
+                raise ValueError(f"TrainInput.restore: state field {key!r} is {state.get(key)!r} but this input "
+                                 f"has {mine[key]!r} (different data, seed or sharding)")
+        position = state["position"]
+        if not isinstance(position, int) or position < 0:
+            raise ValueError(f"TrainInput.restore: position must be an int >= 0, got {position!r}")
+        self.position = position
+        self._buffer = []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Evaluation helpers.
+
+
+def eval_task_names(split: str = "validation", level: str | None = None, data_dir=None, *,
+                    split_definition: str | None = None) -> list[str]:
+    """Evaluation task names of ``split`` (validation|test), optionally one level of schema.LEVELS."""
+    _check_eval_split(split)
+    if level is not None and level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS} or None, got {level!r}")
+    bench = get_bench(data_dir, split_definition)
+    levels = LEVELS if level is None else (level,)
+    out: list[str] = []
+    for lv in levels:
+        out.extend(n for n in bench.eval_tasks.get((split, lv), ()) if n not in out)
+    return out
+
+
+def _subsample(examples: list[Example], max_examples: int | None, seed: int, task: str) -> list[Example]:
+    if max_examples is None or len(examples) <= max_examples:
+        return examples
+    if max_examples < 0:
+        raise ValueError(f"max_examples must be >= 0 or None, got {max_examples}")
+    rng = np.random.Generator(np.random.PCG64(prompts.stable_seed("subsample", seed, task)))
+    keep = np.sort(rng.choice(len(examples), size=max_examples, replace=False))
+    return [examples[int(i)] for i in keep]
+
+
+def eval_examples(task_name: str, *, split: str = "validation", num_shots: int = 0,
+                  max_examples: int | None = None, seed: int = 0, data_dir=None,
+                  split_definition: str | None = None, bench: Bench | None = None) -> list[PromptedExample]:
+    """Rendered evaluation prompts of one task (all templates merged), deterministic in ``seed``.
+
+    Demonstrations come from the task's training instances (supervised level) or from its other instances
+    (held-out tasks), never from the evaluated instance. ``max_examples`` keeps a seeded subset in order.
+    """
+    bench = bench or get_bench(data_dir, split_definition)
+    if num_shots < 0:
+        raise ValueError(f"num_shots must be >= 0, got {num_shots}")
+    info = bench.info(task_name)
+    pool = _subsample(bench.eval_pool(task_name, split), max_examples, seed, task_name)
+    demos = bench.demo_pool(task_name, split) if num_shots else []
+    return [prompts.render_eval(info, ex, demos, num_shots=num_shots, seed=seed) for ex in pool]
+
+
+def get_task_info(name: str, data_dir=None) -> TaskInfo:
+    """TaskInfo of any catalogued task."""
+    return get_bench(data_dir).info(name)
+
+
+def level_of(task_name: str, split: str, data_dir=None) -> str:
+    """Generalisation level of an evaluation task in ``split`` (validation|test)."""
+    return get_bench(data_dir).level_of(task_name, split)
+
+
+def encode_prompted(vocab: Any, examples: Sequence[PromptedExample], *, seq_len: int,
+                    tags: Sequence[int] | None = None) -> list[fc.Segment]:
+    """Tokenises prompted examples (one ``encode_batch`` call) into truncated segments."""
+    if not examples:
+        return []
+    ids = vocab.encode_batch([e.source for e in examples] + [e.target for e in examples])
+    n = len(examples)
+    return [fc.make_segment(ids[i], ids[n + i], bos_id=vocab.bos_id, eos_id=vocab.eos_id, max_length=seq_len,
+                            tag=-1 if tags is None else tags[i]) for i in range(n)]
+
+
+def heldout_loss_batches(*, vocab: Any, batch_size: int, seq_len: int, split: str = "validation",
+                         data_dir=None, max_examples_per_task: int = 32, seed: int = 0,
+                         split_definition: str | None = None, bench: Bench | None = None) -> list[dict]:
+    """Fixed packed batches of 0-shot held-out examples (all three levels) for the periodic validation loss.
+
+    The last batch is completed with all-padding rows (zero loss weight), so every batch is
+    [batch_size, seq_len].
+    """
+    _check_eval_split(split)
+    if batch_size < 1 or seq_len < 2:
+        raise ValueError(f"heldout_loss_batches: need batch_size >= 1 and seq_len >= 2, got {batch_size}, {seq_len}")
+    bench = bench or get_bench(data_dir, split_definition)
+    prompted: list[PromptedExample] = []
+    for level in LEVELS:
+        for name in bench.eval_tasks.get((split, level), ()):
+            prompted.extend(eval_examples(name, split=split, max_examples=max_examples_per_task, seed=seed,
+                                          bench=bench))
+    segments = encode_prompted(vocab, prompted, seq_len=seq_len)
+    rows = [r for r, _ in fc.iter_packed_rows(iter(segments), max_length=seq_len, pad_id=vocab.pad_id)]
+    batches = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        chunk += [fc.empty_row(seq_len, vocab.pad_id) for _ in range(batch_size - len(chunk))]
+        batches.append(fc.stack_rows(chunk))
+    return batches

@@ -1,0 +1,193 @@
+"""seqio registration of the benchmark (``import optiml_jax.tasks`` calls `register_all`).
+
+Registered names (``<task>`` is the catalogue name with characters seqio rejects replaced by "_"):
+
+- ``optiml.<task>``: one seqio.Task per catalogued task, FunctionDataSource over its rendered 0-shot prompts;
+  splits "train" (training instances) and "validation" / "test" where the split definition evaluates it.
+- ``optiml.<task>.<k>shot`` for every evaluation task and k in `EVAL_SHOTS_REGISTERED`: k-shot prompts.
+- ``optiml_train`` (the split's training tasks) and ``optiml_max_train`` (all tasks, the "Max" variant): one
+  seqio.Task each whose source is the pre-mixed, index-based stream of `pipeline.TrainInput` (already
+  tokenised; sharding = the sampler's disjoint per-host streams). A 2,000-task seqio.Mixture would build one
+  tf.data pipeline per task and be ~300x slower.
+- Evaluation mixtures ``optiml_<split>`` (split = validation|test) with sub-mixtures ``optiml_<split>_<level>``,
+  ``optiml_<split>_<k>shot`` and ``optiml_<split>_<level>_<k>shot``: seqio.Mixtures over the k-shot tasks.
+
+Task features are ``inputs`` / ``targets`` token ids without BOS/EOS: `feature_converters.CausalLMFeatureConverter`
+adds both. Metrics come from `optiml_jax.metrics` by the task's metric.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Sequence
+
+from optiml_jax.tasks import pipeline
+from optiml_jax.tasks.schema import LEVELS, TaskInfo
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "optiml."
+EVAL_SHOTS_REGISTERED: tuple[int, ...] = (0, 5)
+TRAINING_MIXTURES: tuple[str, ...] = (pipeline.TRAIN_MIXTURE, pipeline.MAX_TRAIN_MIXTURE)
+_registered: dict[str, Any] = {}
+
+
+def seqio_name(task_name: str, num_shots: int | None = None) -> str:
+    """seqio registry name of a task (optionally its k-shot evaluation variant)."""
+    base = PREFIX + re.sub(r"[^\w.:]", "_", task_name)
+    return base if num_shots is None else f"{base}.{num_shots}shot"
+
+
+def mixture_name(split: str, level: str | None = None, num_shots: int | None = None) -> str:
+    """Name of an evaluation (sub-)mixture."""
+    parts = ["optiml", split] + ([level] if level else []) + ([f"{num_shots}shot"] if num_shots is not None else [])
+    return "_".join(parts)
+
+
+def _metric_fns(info: TaskInfo):
+    from optiml_jax import metrics
+
+    table = {"rouge_l": metrics.seqio_rouge_l, "exact_match": metrics.seqio_exact_match,
+             "accuracy": metrics.seqio_accuracy}
+    fns = [table[info.metric]]
+    if info.metric != "rouge_l":
+        fns.append(metrics.seqio_rouge_l)  # paper: Rouge-L is reported for every generation-style score
+    return fns
+
+
+def _string_dataset(prompted):
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices({
+        "inputs": tf.constant([p.source for p in prompted], tf.string),
+        "targets": tf.constant([p.target for p in prompted], tf.string),
+    })
+
+
+def _task_dataset_fn(bench: pipeline.Bench, name: str, num_shots: int):
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
+        del shuffle_files  # in-memory source
+        if split == "train":
+            info = bench.info(name)
+            from optiml_jax.tasks import prompts
+
+            exs = bench.train_examples(name)
+            prompted = [prompts.render_eval(info, e, [], num_shots=0, seed=seed or 0) for e in exs]
+        else:
+            prompted = pipeline.eval_examples(name, split=split, num_shots=num_shots, seed=seed or 0, bench=bench)
+        return _string_dataset(prompted)
+
+    return dataset_fn
+
+
+def _make_stream_source(bench: pipeline.Bench, mixture: str, vocab, seq_len: int, mixture_config):
+    import seqio
+    import tensorflow as tf
+
+    class MixedStreamSource(seqio.DataSource):
+        """The pre-mixed training stream as a seqio DataSource (ShardInfo -> disjoint host streams)."""
+
+        def __init__(self):
+            super().__init__(splits=["train"], num_input_examples=None, caching_permitted=False,
+                             performs_internal_shuffling=True)
+
+        @property
+        def supports_arbitrary_sharding(self) -> bool:
+            return True
+
+        def list_shards(self, split: str) -> Sequence[str]:
+            return [split]
+
+        def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
+                        shard_info=None, *, sequence_length=None, use_cached=False, num_epochs=1):
+            del shuffle, sequence_length, use_cached, num_epochs  # the stream is already random and endless
+            if split != "train":
+                raise ValueError(f"{mixture}: only the 'train' split exists, got {split!r}")
+            index, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
+            stream = pipeline.TrainInput(mixture, vocab=vocab, batch_size=1, seq_len=seq_len, seed=seed or 0,
+                                         shard_index=index, num_shards=count, bench=bench,
+                                         mixture_config=mixture_config)
+
+            def gen():
+                for src, tgt, _ in stream.iter_examples():
+                    yield {"inputs": src, "targets": tgt}
+
+            return tf.data.Dataset.from_generator(gen, output_signature={
+                "inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32)})
+
+    return MixedStreamSource()
+
+
+def register_all(data_dir: str | None = None, split: str | None = None, *, vocab=None, seq_len: int = 2048,
+                 mixture_config=None, shots: Sequence[int] = EVAL_SHOTS_REGISTERED,
+                 force: bool = False, bench: pipeline.Bench | None = None) -> list[str]:
+    """Registers every task and mixture of a split definition; returns the registered names.
+
+    Idempotent: a second call is a no-op unless ``force`` (then everything is re-registered, e.g. with
+    another vocabulary or data dir). Refuses (ValueError) a training split containing a task of a held-out
+    category. ``bench`` replaces the data layer's view (tests).
+    """
+    import seqio
+    import tensorflow as tf
+
+    if _registered and not force:
+        return list(_registered)
+    unregister_all()
+    bench = bench or pipeline.get_bench(data_dir, split)
+    bench.check_training_tasks(bench.training_task_names(pipeline.TRAIN_MIXTURE))
+    if vocab is None:
+        from optiml_jax.tokenizer import OPTVocabulary
+
+        vocab = OPTVocabulary.default()
+    features = {k: seqio.Feature(vocab, add_eos=False, dtype=tf.int32) for k in ("inputs", "targets")}
+    eval_splits = {name: [s for s in pipeline.EVAL_SPLITS
+                          if any(name in bench.eval_tasks.get((s, lv), ()) for lv in LEVELS)]
+                   for name in bench.catalogue}
+
+    def add_task(name: str, source, metric_fns, preprocessors, shuffle_buffer_size=seqio.SHUFFLE_BUFFER_SIZE):
+        _registered[name] = seqio.TaskRegistry.add(
+            name, source=source, output_features=features, preprocessors=preprocessors,
+            metric_fns=metric_fns, shuffle_buffer_size=shuffle_buffer_size)
+
+    tokenize = [seqio.preprocessors.tokenize]
+    for name, info in sorted(bench.catalogue.items()):
+        splits = ["train"] + eval_splits[name]
+        add_task(seqio_name(name), seqio.FunctionDataSource(_task_dataset_fn(bench, name, 0), splits=splits),
+                 _metric_fns(info), tokenize)
+        if eval_splits[name]:
+            for k in shots:
+                add_task(seqio_name(name, k),
+                         seqio.FunctionDataSource(_task_dataset_fn(bench, name, k), splits=eval_splits[name]),
+                         _metric_fns(info), tokenize)
+    for mixture in TRAINING_MIXTURES:
+        add_task(mixture, _make_stream_source(bench, mixture, vocab, seq_len, mixture_config), [], [],
+                 shuffle_buffer_size=None)  # the stream is already shuffled; a buffer would break resumption
+
+    for s in pipeline.EVAL_SPLITS:
+        groups: dict[str, list[str]] = {}
+        for level in LEVELS:
+            for name in bench.eval_tasks.get((s, level), ()):
+                for k in shots:
+                    member = seqio_name(name, k)
+                    for key in (mixture_name(s), mixture_name(s, level), mixture_name(s, None, k),
+                                mixture_name(s, level, k)):
+                        groups.setdefault(key, []).append(member)
+        for mix, members in groups.items():
+            _registered[mix] = seqio.MixtureRegistry.add(mix, sorted(set(members)), default_rate=1.0)
+    logger.info("registered %d seqio tasks and mixtures (split %s)", len(_registered), bench.split_name)
+    return list(_registered)
+
+
+def unregister_all() -> None:
+    """Removes everything `register_all` added."""
+    import seqio
+
+    for name in list(_registered):
+        seqio.TaskRegistry.remove(name)
+        seqio.MixtureRegistry.remove(name)
+        del _registered[name]
+
+
+def registered_names() -> list[str]:
+    """Names registered by the last `register_all`."""
+    return list(_registered)

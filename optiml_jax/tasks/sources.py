@@ -1,0 +1,623 @@
+"""Raw-example loaders: catalogue task (TaskInfo) -> list[schema.Example].
+
+Layouts read from the data directory (``OPTIML_DATA_DIR``; see tasks/README.md):
+
+* SuperNI official task files ``superni/tasks/<task>.json`` (Definition, Positive Examples,
+  Instances ``{id, input, output: [...]}``); ``superni`` may be a natural-instructions checkout.
+* ``superni_extra/instances_extra/<task>.jsonl.gz`` with metadata in ``superni_extra/tasks_extra.jsonl``.
+* FLAN chain-of-thought TSVs ``flan_cot/<name>_train.tsv``: question, answer, rationale; newlines
+  stored as the two characters backslash-n.
+* BIG-Bench Hard ``bbh/bbh/<task>.json`` (``{"examples": [{"input", "target"}]}``) with the task
+  description and 3-shot CoT demonstrations of ``bbh/cot-prompts/<task>.txt``.
+* T0 / PromptSource rendered examples ``t0_p3/*.jsonl.xz``: ``{"template", "input", "target"}`` per
+  line; one task per dataset, instance-level (the instruction is inside ``input``).
+* The generic layout for every other benchmark (CrossFit, ExMix, T5, UnifiedSKG, FLAN, ...):
+  ``jsonl/<task>.jsonl`` (optionally ``.gz`` / ``.xz``), one JSON object per line:
+  ``{"id": str, "input": str, "outputs": [str, ...], "candidates"?: [str], "definition"?: str,
+  "rationale"?: str}``. It is also the fallback of every task whose native file is absent.
+
+Answer options: instances that carry none get the task's label set when that set is small: the
+distinct references of all instances (per template for T0) number between 2 and
+``MAX_LABELS`` (10), and there are at least twice as many instances as labels.
+
+Validation: file-level problems (malformed JSON, non-UTF-8 bytes, a missing required field,
+duplicate ids) raise ``DataError`` naming the file, line and field. Instance-level problems (an
+instance without input or outputs, only empty references) are skipped, counted per reason in a
+``LoadReport`` (``get_load_report(task_name)``) and logged. Nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import gzip
+import json
+import logging
+import lzma
+import os
+import pathlib
+from typing import Any, Iterable, Iterator, Sequence
+
+from optiml_jax.tasks import catalogue as cat
+from optiml_jax.tasks.schema import Example, TaskInfo
+
+log = logging.getLogger(__name__)
+
+MAX_LABELS = 10
+GENERIC_DIR = "jsonl"
+_GENERIC_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.xz")
+
+
+class DataError(ValueError):
+    """A data file is malformed; the message names the file (and line and field where known)."""
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What happened while loading one task: instances kept, skipped per reason, fixes per kind."""
+
+    task: str
+    path: str = ""
+    loaded: int = 0
+    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    fixed: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    note: str = ""
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def summary(self) -> str:
+        parts = [f"{self.task}: {self.loaded} instances from {self.path or '-'}"]
+        if self.skipped:
+            parts.append("skipped " + ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items())))
+        if self.fixed:
+            parts.append("fixed " + ", ".join(f"{k}={v}" for k, v in sorted(self.fixed.items())))
+        if self.note:
+            parts.append(self.note)
+        return "; ".join(parts)
+
+
+_REPORTS: dict[str, LoadReport] = {}
+
+
+def get_load_report(task_name: str) -> LoadReport | None:
+    """The report of the latest ``load_examples`` of ``task_name`` (None if never loaded)."""
+    return _REPORTS.get(task_name)
+
+
+def load_reports() -> dict[str, LoadReport]:
+    """Reports of every task loaded so far in this process."""
+    return dict(_REPORTS)
+
+
+# --------------------------------------------------------------------------------------------
+# Low-level readers
+# --------------------------------------------------------------------------------------------
+def _read_text(path: pathlib.Path) -> str:
+    raw = path.read_bytes()
+    if path.name.endswith(".gz"):
+        raw = gzip.decompress(raw)
+    elif path.name.endswith(".xz"):
+        raw = lzma.decompress(raw)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {e.start}: "
+                        f"{raw[e.start:e.start + 1]!r})") from None
+
+
+def _load_json(path: pathlib.Path) -> Any:
+    text = _read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})") from None
+
+
+def _iter_jsonl(path: pathlib.Path) -> Iterator[tuple[int, Any]]:
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{lineno}:{e.colno}: malformed JSON ({e.msg})") from None
+
+
+def _as_text(value: Any) -> str:
+    """Definitions and references may be strings or lists of strings in the official files."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "\n".join(value)
+    raise TypeError(type(value).__name__)
+
+
+def _outputs(raw: Any, report: LoadReport) -> tuple[str, ...] | None:
+    """Normalize a reference list; None means the instance has no usable reference."""
+    if isinstance(raw, (str, int, float)) and not isinstance(raw, bool):
+        raw = [raw]
+    if not isinstance(raw, list):
+        return None
+    out = []
+    for r in raw:
+        if isinstance(r, (int, float)) and not isinstance(r, bool):
+            report.fixed["numeric_reference_as_text"] += 1
+            r = str(r)
+        if not isinstance(r, str):
+            return None
+        if r.strip():
+            out.append(r)
+        else:
+            report.fixed["empty_reference_dropped"] += 1
+    return tuple(out) if out else None
+
+
+def label_set(examples: Sequence[Example]) -> tuple[str, ...]:
+    """The task's small fixed label set (see module docstring), or () when it has none."""
+    labels = sorted({o for e in examples for o in e.outputs})
+    if 2 <= len(labels) <= MAX_LABELS and len(examples) >= 2 * len(labels):
+        return tuple(labels)
+    return ()
+
+
+def _with_label_candidates(examples: list[Example]) -> list[Example]:
+    if any(e.candidates for e in examples):
+        return examples
+    labels = label_set(examples)
+    if not labels:
+        return examples
+    return [dataclasses.replace(e, candidates=labels) for e in examples]
+
+
+def _check_unique_ids(examples: Iterable[Example], path: pathlib.Path, where: dict[str, int] | None = None) -> None:
+    seen: dict[str, int] = {}
+    for i, e in enumerate(examples):
+        if e.id in seen:
+            loc = f"{path}:{where[e.id]}" if where and e.id in where else str(path)
+            raise DataError(f"{loc}: field 'id': duplicate instance id {e.id!r} (instances "
+                            f"#{seen[e.id]} and #{i}); ids select held-out instances, so they "
+                            "must be unique")
+        seen[e.id] = i
+
+
+def _finish(report: LoadReport) -> None:
+    if report.skipped:
+        log.warning("%s", report.summary())
+    else:
+        log.debug("%s", report.summary())
+
+
+def _file_key(path: pathlib.Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path), st.st_mtime_ns, st.st_size
+
+
+# --------------------------------------------------------------------------------------------
+# SuperNI official task files
+# --------------------------------------------------------------------------------------------
+def parse_superni_instances(instances: Any, path: pathlib.Path, definition: str,
+                            report: LoadReport) -> list[Example]:
+    """SuperNI ``Instances`` -> Examples (skips counted in ``report``)."""
+    if not isinstance(instances, list):
+        raise DataError(f"{path}: field 'Instances' must be a list, got {type(instances).__name__}")
+    out = []
+    for k, inst in enumerate(instances):
+        if not isinstance(inst, dict):
+            raise DataError(f"{path}: field 'Instances[{k}]' must be an object")
+        missing = [f for f in ("id", "input", "output") if f not in inst]
+        if missing:
+            report.skipped[f"missing_field:{missing[0]}"] += 1
+            continue
+        if not isinstance(inst["input"], str) or not inst["input"].strip():
+            report.skipped["empty_input"] += 1
+            continue
+        outs = _outputs(inst["output"], report)
+        if outs is None:
+            report.skipped["empty_outputs"] += 1
+            continue
+        out.append(Example(id=str(inst["id"]), input=inst["input"], outputs=outs,
+                           definition=definition))
+    _check_unique_ids(out, path)
+    return _with_label_candidates(out)
+
+
+def _superni_definition(d: dict, path: pathlib.Path) -> str:
+    if "Definition" not in d:
+        raise DataError(f"{path}: missing field 'Definition'")
+    try:
+        return _as_text(d["Definition"]).strip()
+    except TypeError as e:
+        raise DataError(f"{path}: field 'Definition' must be a string or a list of strings, "
+                        f"got {e}") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_superni_file(key: tuple[str, int, int]) -> tuple[tuple[Example, ...], LoadReport, tuple[Example, ...]]:
+    path = pathlib.Path(key[0])
+    d = _load_json(path)
+    if not isinstance(d, dict):
+        raise DataError(f"{path}: top level must be a JSON object (an official SuperNI task file)")
+    if "Instances" not in d:
+        raise DataError(f"{path}: missing field 'Instances'")
+    report = LoadReport(task=path.stem, path=str(path))
+    definition = _superni_definition(d, path)
+    examples = parse_superni_instances(d["Instances"], path, definition, report)
+    demos = _parse_demonstrations(d.get("Positive Examples", []), path, path.stem, definition, report)
+    report.loaded = len(examples)
+    if not examples and not d["Instances"]:
+        report.note = "the task file has no instances (definition only)"
+    _finish(report)
+    return tuple(examples), report, demos
+
+
+def _parse_demonstrations(raw: Any, path: pathlib.Path, task: str, definition: str,
+                          report: LoadReport) -> tuple[Example, ...]:
+    """Positive examples -> demonstration Examples; unusable ones are counted, not fatal."""
+    if not isinstance(raw, list):
+        raise DataError(f"{path}: field 'Positive Examples' must be a list")
+    demos = []
+    for k, ex in enumerate(raw):
+        if not isinstance(ex, dict) or not isinstance(ex.get("input"), str) or "output" not in ex:
+            report.skipped["bad_positive_example"] += 1
+            continue
+        outs = _outputs(ex["output"], report)
+        if outs is None:
+            report.skipped["bad_positive_example"] += 1
+            continue
+        demos.append(Example(id=f"{task}-positive-{k}", input=ex["input"], outputs=outs,
+                             definition=definition, rationale=str(ex.get("explanation", ""))))
+    return tuple(demos)
+
+
+@functools.lru_cache(maxsize=4)
+def _superni_extra_meta(key: tuple[str, int, int]) -> dict[str, dict]:
+    path = pathlib.Path(key[0])
+    meta = {}
+    for lineno, rec in _iter_jsonl(path):
+        if not isinstance(rec, dict) or "name" not in rec:
+            raise DataError(f"{path}:{lineno}: missing field 'name'")
+        meta[rec["name"]] = dict(rec, _line=lineno)
+    return meta
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_superni_extra(key: tuple[str, int, int], meta_key: tuple[str, int, int]) -> tuple[tuple[Example, ...], LoadReport, tuple[Example, ...]]:
+    path = pathlib.Path(key[0])
+    task = path.name.split(".")[0]
+    meta_path = pathlib.Path(meta_key[0])
+    meta = _superni_extra_meta(meta_key).get(task)
+    if meta is None:
+        raise DataError(f"{meta_path}: no record named {task!r} (needed for {path})")
+    definition = _superni_definition(meta, meta_path)
+    report = LoadReport(task=task, path=str(path))
+    instances = []
+    for lineno, rec in _iter_jsonl(path):
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{lineno}: each line must be a JSON object")
+        instances.append(rec)
+    examples = parse_superni_instances(instances, path, definition, report)
+    demos = _parse_demonstrations(meta.get("Positive Examples", []), meta_path, task, definition,
+                                   report)
+    report.loaded = len(examples)
+    _finish(report)
+    return tuple(examples), report, demos
+
+
+# --------------------------------------------------------------------------------------------
+# Chain-of-thought TSVs
+# --------------------------------------------------------------------------------------------
+# Our own instructions for the CoT datasets (the TSVs carry none).
+COT_DEFINITIONS: dict[str, str] = {
+    "gsm8k": "Solve the math word problem. Reason step by step, then give the final number.",
+    "strategyqa": "Answer the yes/no question. Explain the facts that lead to the answer first.",
+    "aqua": "Solve the algebra word problem and pick the correct option. Reason step by step.",
+    "creak": "Decide whether the claim is true using common sense. Explain your reasoning.",
+    "ecqa": "Answer the commonsense question by choosing one option. Explain your choice.",
+    "esnli": "Decide whether the hypothesis follows from the premise. Explain your reasoning.",
+    "qasc": "Answer the science question by choosing one option. Combine the relevant facts.",
+    "qed": "Answer the question from the passage and explain where the answer comes from.",
+    "sensemaking": "Pick the sentence that goes against common sense and explain why.",
+}
+
+
+def _unescape(s: str) -> str:
+    return s.replace("\\n", "\n").replace("\\t", "\t").strip()
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_cot_tsv(key: tuple[str, int, int], task: str, definition: str) -> tuple[tuple[Example, ...], LoadReport]:
+    path = pathlib.Path(key[0])
+    report = LoadReport(task=task, path=str(path))
+    out = []
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) != 3:
+            raise DataError(f"{path}:{lineno}: expected 3 tab-separated fields (question, answer, "
+                            f"rationale), got {len(cols)}")
+        question, answer, rationale = (_unescape(c) for c in cols)
+        if not question:
+            report.skipped["empty_input"] += 1
+            continue
+        if not answer:
+            report.skipped["empty_outputs"] += 1
+            continue
+        out.append(Example(id=f"{task}-{lineno}", input=question, outputs=(answer,),
+                           definition=definition, rationale=rationale))
+    out = _with_label_candidates(out)
+    report.loaded = len(out)
+    _finish(report)
+    return tuple(out), report
+
+
+# --------------------------------------------------------------------------------------------
+# BIG-Bench Hard
+# --------------------------------------------------------------------------------------------
+def parse_bbh_cot_prompt(text: str, path: pathlib.Path, task: str) -> tuple[str, tuple[Example, ...]]:
+    """A BBH ``cot-prompts`` file -> (task description, CoT demonstrations)."""
+    body = text.split("-----", 1)[1] if "-----" in text else text
+    blocks = body.strip().split("\n\nQ: ")
+    description = blocks[0].strip() if not blocks[0].startswith("Q: ") else ""
+    qa_blocks = blocks[1:] if description else [blocks[0][3:]] + blocks[1:]
+    demos = []
+    for k, block in enumerate(qa_blocks):
+        if "\nA: " not in block:
+            raise DataError(f"{path}: demonstration {k} has no 'A: ' line")
+        q, a = block.split("\nA: ", 1)
+        a = a.strip()
+        marker = "So the answer is "
+        if marker not in a:
+            raise DataError(f"{path}: demonstration {k} lacks {marker!r}")
+        rationale, answer = a.rsplit(marker, 1)
+        demos.append(Example(id=f"{task}-cot-{k}", input=q.strip(), outputs=(answer.strip().rstrip("."),),
+                             definition=description, rationale=rationale.strip()))
+    return description, tuple(demos)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_bbh(key: tuple[str, int, int], prompt_key: tuple[str, int, int] | None, task: str) -> tuple[tuple[Example, ...], LoadReport, tuple[Example, ...]]:
+    path = pathlib.Path(key[0])
+    description, demos = "", ()
+    if prompt_key is not None:
+        description, demos = parse_bbh_cot_prompt(_read_text(pathlib.Path(prompt_key[0])),
+                                                  pathlib.Path(prompt_key[0]), task)
+    d = _load_json(path)
+    if not isinstance(d, dict) or "examples" not in d:
+        raise DataError(f"{path}: missing field 'examples'")
+    if not isinstance(d["examples"], list):
+        raise DataError(f"{path}: field 'examples' must be a list")
+    report = LoadReport(task=task, path=str(path))
+    out = []
+    for k, ex in enumerate(d["examples"]):
+        if not isinstance(ex, dict):
+            raise DataError(f"{path}: field 'examples[{k}]' must be an object")
+        if "input" not in ex or "target" not in ex:
+            report.skipped["missing_field:" + ("input" if "input" not in ex else "target")] += 1
+            continue
+        outs = _outputs(ex["target"], report)
+        if outs is None:
+            report.skipped["empty_outputs"] += 1
+            continue
+        out.append(Example(id=f"{task}-{k}", input=str(ex["input"]), outputs=outs,
+                           definition=description))
+    out = _with_label_candidates(out)
+    report.loaded = len(out)
+    _finish(report)
+    return tuple(out), report, demos
+
+
+# --------------------------------------------------------------------------------------------
+# T0 / PromptSource rendered examples
+# --------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _parse_t0_file(key: tuple[str, int, int]) -> tuple[dict[str, tuple[Example, ...]], dict[str, LoadReport]]:
+    """One P3 file -> examples grouped by PromptSource dataset (catalogue.PS_DATASETS)."""
+    path = pathlib.Path(key[0])
+    per_template: dict[str, list[Example]] = collections.defaultdict(list)
+    reports: dict[str, LoadReport] = {}
+    unmatched = collections.Counter()
+    for lineno, rec in _iter_jsonl(path):
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{lineno}: each line must be a JSON object")
+        template = rec.get("template")
+        if not isinstance(template, str) or not template:
+            raise DataError(f"{path}:{lineno}: missing field 'template'")
+        ds = cat.ps_dataset_of(template)
+        if ds is None:
+            unmatched[template] += 1
+            continue
+        name = cat.PS_PREFIX + ds
+        report = reports.setdefault(name, LoadReport(task=name, path=str(path)))
+        if not isinstance(rec.get("input"), str) or not rec["input"].strip():
+            report.skipped["missing_field:input" if "input" not in rec else "empty_input"] += 1
+            continue
+        target = rec["target"] if "target" in rec else rec.get("output")
+        if target is None:
+            report.skipped["missing_field:target"] += 1
+            continue
+        outs = _outputs(target, report)
+        if outs is None:
+            report.skipped["empty_outputs"] += 1
+            continue
+        k = len(per_template[template])
+        per_template[template].append(Example(id=f"{template}-{k}", input=rec["input"], outputs=outs))
+    if unmatched:
+        # Not a silent drop: templates of datasets outside the catalogue are reported by name.
+        log.warning("%s: %d lines of %d templates belong to no catalogue PromptSource dataset "
+                    "(e.g. %s); add the dataset to catalogue.PS_DATASETS", path,
+                    sum(unmatched.values()), len(unmatched), sorted(unmatched)[:3])
+    grouped: dict[str, list[Example]] = collections.defaultdict(list)
+    for template in sorted(per_template):
+        ds_name = cat.PS_PREFIX + cat.ps_dataset_of(template)  # type: ignore[operator]
+        # Label sets are per template: templates verbalize the same label differently.
+        grouped[ds_name].extend(_with_label_candidates(per_template[template]))
+    for name, report in reports.items():
+        report.loaded = len(grouped.get(name, []))
+        _finish(report)
+    return {k: tuple(v) for k, v in grouped.items()}, reports
+
+
+# --------------------------------------------------------------------------------------------
+# Generic JSONL layout
+# --------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1024)
+def _parse_generic(key: tuple[str, int, int], task: str) -> tuple[tuple[Example, ...], LoadReport]:
+    path = pathlib.Path(key[0])
+    report = LoadReport(task=task, path=str(path))
+    out: list[Example] = []
+    lines: dict[str, int] = {}
+    for lineno, rec in _iter_jsonl(path):
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{lineno}: each line must be a JSON object")
+        missing = [f for f in ("id", "input", "outputs") if f not in rec]
+        if missing:
+            report.skipped[f"missing_field:{missing[0]}"] += 1
+            continue
+        if not isinstance(rec["input"], str) or not rec["input"].strip():
+            report.skipped["empty_input"] += 1
+            continue
+        outs = _outputs(rec["outputs"], report)
+        if outs is None:
+            report.skipped["empty_outputs"] += 1
+            continue
+        cands = rec.get("candidates") or ()
+        if not isinstance(cands, (list, tuple)) or not all(isinstance(c, str) for c in cands):
+            raise DataError(f"{path}:{lineno}: field 'candidates' must be a list of strings")
+        for field in ("definition", "rationale"):
+            if field in rec and not isinstance(rec[field], str):
+                raise DataError(f"{path}:{lineno}: field {field!r} must be a string")
+        ex_id = str(rec["id"])
+        if ex_id in lines:
+            raise DataError(f"{path}:{lineno}: field 'id': duplicate instance id {ex_id!r} "
+                            f"(first on line {lines[ex_id]})")
+        lines[ex_id] = lineno
+        out.append(Example(id=ex_id, input=rec["input"], outputs=outs,
+                           definition=rec.get("definition", ""), candidates=tuple(cands),
+                           rationale=rec.get("rationale", "")))
+    out = _with_label_candidates(out)
+    report.loaded = len(out)
+    _finish(report)
+    return tuple(out), report
+
+
+# --------------------------------------------------------------------------------------------
+# Dispatch
+# --------------------------------------------------------------------------------------------
+def _generic_path(task: TaskInfo, data: pathlib.Path) -> pathlib.Path | None:
+    for suffix in _GENERIC_SUFFIXES:
+        p = data / GENERIC_DIR / f"{task.name}{suffix}"
+        if p.is_file():
+            return p
+    return None
+
+
+def _native_path(task: TaskInfo, data: pathlib.Path) -> tuple[str, pathlib.Path] | None:
+    """(kind, path) of the task's file in its benchmark's own layout, if present."""
+    name = task.name
+    if task.benchmark == "SuperNI" or (name.startswith("task") and task.benchmark in ("BBH", "Reasoning")):
+        p = data / "superni" / "tasks" / f"{name}.json"
+        if p.is_file():
+            return "superni", p
+        p = data / "superni_extra" / "instances_extra" / f"{name}.jsonl.gz"
+        if p.is_file():
+            return "superni_extra", p
+        return None
+    if task.benchmark == "BBH" and name.startswith(cat.BBH_PREFIX):
+        p = data / "bbh" / "bbh" / f"{name[len(cat.BBH_PREFIX):]}.json"
+        return ("bbh", p) if p.is_file() else None
+    if task.benchmark == "Reasoning" and name.startswith(cat.COT_PREFIX):
+        p = data / "flan_cot" / f"{name[len(cat.COT_PREFIX):]}_train.tsv"
+        return ("cot", p) if p.is_file() else None
+    if task.benchmark == "PromptSource" and name.startswith(cat.PS_PREFIX):
+        t0_dir = data / "t0_p3"
+        files = sorted(t0_dir.glob("*.jsonl*")) if t0_dir.is_dir() else []
+        for f in files:
+            grouped, _ = _parse_t0_file(_file_key(f))
+            if name in grouped:
+                return "t0", f
+        return None
+    return None
+
+
+def task_path(task: TaskInfo, data_dir: str | os.PathLike | None = None) -> pathlib.Path | None:
+    """The file ``load_examples`` reads for ``task`` (None: embedded, or no data on disk)."""
+    if task.benchmark in cat.EMBEDDED_BENCHMARKS:
+        return None
+    data = cat.resolve_data_dir(data_dir)
+    if data is None:
+        return None
+    native = _native_path(task, data)
+    return native[1] if native else _generic_path(task, data)
+
+
+def task_available(task: TaskInfo, data_dir: str | os.PathLike | None = None) -> bool:
+    """True when ``task`` has instance data (embedded tasks always do)."""
+    if task.benchmark in cat.EMBEDDED_BENCHMARKS:
+        return True
+    try:
+        return bool(load_examples(task, data_dir))
+    except FileNotFoundError:
+        return False
+
+
+def _load(task: TaskInfo, data_dir: str | os.PathLike | None) -> tuple[tuple[Example, ...], LoadReport, tuple[Example, ...]]:
+    if task.benchmark in cat.EMBEDDED_BENCHMARKS:
+        from optiml_jax.tasks import embedded_suite
+        exs = tuple(embedded_suite.embedded_examples(task.name))
+        return exs, LoadReport(task=task.name, path="<embedded>", loaded=len(exs)), ()
+    data = cat.resolve_data_dir(data_dir)
+    if data is None:
+        raise FileNotFoundError(f"task {task.name!r} ({task.benchmark}) needs a data directory: "
+                                f"set ${cat.DATA_DIR_ENV} or the gin binding data_dir.path")
+    native = _native_path(task, data)
+    if native is not None:
+        kind, path = native
+        key = _file_key(path)
+        if kind == "superni":
+            return _parse_superni_file(key)
+        if kind == "superni_extra":
+            meta = data / "superni_extra" / "tasks_extra.jsonl"
+            if not meta.is_file():
+                raise DataError(f"{meta}: missing (holds the definitions of {path.name})")
+            return _parse_superni_extra(key, _file_key(meta))
+        if kind == "cot":
+            short = task.name[len(cat.COT_PREFIX):]
+            exs, report = _parse_cot_tsv(key, task.name, COT_DEFINITIONS.get(short, ""))
+            return exs, report, ()
+        if kind == "bbh":
+            short = task.name[len(cat.BBH_PREFIX):]
+            prompt = data / "bbh" / "cot-prompts" / f"{short}.txt"
+            return _parse_bbh(key, _file_key(prompt) if prompt.is_file() else None, task.name)
+        if kind == "t0":
+            grouped, reports = _parse_t0_file(key)
+            return grouped[task.name], reports[task.name], ()
+    generic = _generic_path(task, data)
+    if generic is not None:
+        exs, report = _parse_generic(_file_key(generic), task.name)
+        return exs, report, ()
+    report = LoadReport(task=task.name, note="no data in the data directory")
+    log.debug("%s: no data under %s", task.name, data)
+    return (), report, ()
+
+
+def load_examples(task: TaskInfo, data_dir: str | os.PathLike | None = None) -> list[Example]:
+    """The raw instances of ``task`` (cached per file; [] when the data dir has none for it).
+
+    Raises:
+      DataError: a malformed file (message names file, line, field).
+      FileNotFoundError: a non-embedded task and no data directory configured.
+    """
+    exs, report, _ = _load(task, data_dir)
+    _REPORTS[task.name] = report
+    return list(exs)
+
+
+def load_demonstrations(task: TaskInfo, data_dir: str | os.PathLike | None = None) -> list[Example]:
+    """The task's own demonstrations: SuperNI "Positive Examples" (explanation as ``rationale``),
+    BBH's 3-shot CoT prompts; [] for other tasks."""
+    _, _, demos = _load(task, data_dir)
+    return list(demos)

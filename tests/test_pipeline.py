@@ -1,0 +1,212 @@
+"""TrainInput (packing, determinism, state/restore, sharding), evaluation helpers; synthetic and real data."""
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("OPTIML_SKIP_REGISTRATION", "1")  # these tests build their own Bench
+
+from optiml_jax import feature_converters as fc  # noqa: E402
+from optiml_jax.tasks import mixtures as mx  # noqa: E402
+from optiml_jax.tasks import pipeline  # noqa: E402
+from optiml_jax.tasks.schema import Example, TaskInfo  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    from optiml_jax.tokenizer import OPTVocabulary
+
+    return OPTVocabulary.default()
+
+
+def synthetic_bench(excluded=frozenset()):
+    """Two 'benchmarks', a held-out category, supervised instances; deterministic examples."""
+    cats = ["Sorting", "Arithmetic", "Sentiment Analysis", "Word Analogy", "Question Answering"]
+    catalogue, data = {}, {}
+    for b, bench in enumerate(("SuperNI", "PromptSource")):
+        for i in range(6):
+            name = f"{bench.lower()}_{i}"
+            cat = cats[(i + b) % len(cats)] if i < 5 else "Question Answering"
+            level = "task" if bench == "SuperNI" else "instance"
+            catalogue[name] = TaskInfo(name, bench, cat, instruction_level=level, num_instances=[20, 500, 9000][i % 3])
+            data[name] = [Example(id=f"{name}-{j}", input=f"{name} input number {j} " + "word " * (j % 7),
+                                  outputs=(f"out {j}",), definition=f"Definition of {name}." if level == "task" else "")
+                          for j in range(30)]
+    catalogue["cot_0"] = TaskInfo("cot_0", "Reasoning", "Reasoning", num_instances=7000)
+    data["cot_0"] = [Example(id=f"c{j}", input=f"q {j}", outputs=(str(j),), rationale=f"because {j}") for j in range(30)]
+    # Word Analogy is held out: its tasks are fully held-out evaluation tasks, never trained.
+    heldout = tuple(n for n, t in catalogue.items() if t.category == "Word Analogy")
+    train = tuple(n for n in catalogue if n not in heldout and n != "promptsource_5")
+    eval_tasks = {("validation", "fully_heldout"): heldout, ("validation", "partially_heldout"): ("promptsource_5",),
+                  ("validation", "supervised"): ("superni_0",), ("test", "fully_heldout"): (),
+                  ("test", "partially_heldout"): (), ("test", "supervised"): ()}
+    return pipeline.Bench(
+        split_name="synthetic", data_dir=None, catalogue=catalogue, train_tasks=train, eval_tasks=eval_tasks,
+        load=lambda info: data[info.name],
+        is_heldout=lambda task, ex_id: task == "superni_0" and int(ex_id.rsplit("-", 1)[1]) % 5 == 0,
+        excluded=frozenset(excluded))
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def _assert_batches_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_train_input_batches_shape_and_invariants(vocab):
+    ti = pipeline.TrainInput(vocab=vocab, batch_size=4, seq_len=96, seed=3, bench=synthetic_bench())
+    assert "superni_3" not in ti.task_names and "promptsource_2" not in ti.task_names  # Word Analogy: held out
+    assert "promptsource_5" not in ti.task_names  # partially held-out eval task
+    for batch in _take(ti, 3):
+        assert set(batch) == set(fc.BATCH_KEYS) | {fc.TASK_ID_KEY}
+        for k, v in batch.items():
+            assert v.shape == (4, 96), k
+        seg, tid = batch["decoder_segment_ids"], batch[fc.TASK_ID_KEY]
+        assert ((seg == 0) == (tid == -1)).all()
+        assert (batch["decoder_loss_weights"][seg == 0] == 0).all()
+        assert batch["decoder_loss_weights"].sum() > 0
+        assert tid.max() < len(ti.task_names)
+        # A row's tokens decode back to rendered prompts of the tagged task.
+        r = 0
+        s1 = np.flatnonzero(seg[r] == 1)
+        text = vocab.decode(batch["decoder_input_tokens"][r, s1].tolist())
+        task = ti.task_names[tid[r, s1[0]]]
+        assert task in text or task.startswith("cot") or ti.task_benchmark[task] == "PromptSource"
+    # Supervised held-out instances never appear in training examples.
+    assert all(int(e.id.rsplit("-", 1)[1]) % 5 for e in ti._examples[ti.task_names.index("superni_0")])
+
+
+def test_state_restore_gives_identical_continuation(vocab):
+    bench = synthetic_bench()
+    a = pipeline.TrainInput(vocab=vocab, batch_size=3, seq_len=64, seed=7, bench=bench)
+    _take(a, 2)
+    state = a.state()
+    import json
+
+    state = json.loads(json.dumps(state))
+    expected = _take(a, 3)
+    b = pipeline.TrainInput(vocab=vocab, batch_size=3, seq_len=64, seed=7, bench=bench)
+    b.restore(state)
+    _assert_batches_equal(_take(b, 3), expected)
+    # A fresh input reproduces the whole stream.
+    c = pipeline.TrainInput(vocab=vocab, batch_size=3, seq_len=64, seed=7, bench=bench)
+    _take(c, 2)
+    _assert_batches_equal(_take(c, 3), expected)
+    with pytest.raises(ValueError, match="'seed'"):
+        pipeline.TrainInput(vocab=vocab, batch_size=3, seq_len=64, seed=8, bench=bench).restore(state)
+    with pytest.raises(ValueError, match="not a TrainInput state"):
+        b.restore({"foo": 1})
+
+
+def test_shards_are_disjoint_and_interleave_to_the_single_host_stream(vocab):
+    bench = synthetic_bench()
+    full = pipeline.TrainInput(vocab=vocab, batch_size=1, seq_len=64, seed=1, bench=bench)
+    shards = [pipeline.TrainInput(vocab=vocab, batch_size=1, seq_len=64, seed=1, bench=bench,
+                                  shard_index=s, num_shards=3) for s in range(3)]
+    positions = [{sh.global_index(k) for k in range(200)} for sh in shards]
+    assert not (positions[0] & positions[1]) and not (positions[1] & positions[2])
+    assert set.union(*positions) == set(range(600))
+    for g in range(30):
+        s, k = g % 3, g // 3
+        assert shards[s].draw(k) == full.draw(g)
+    ex_full = [(s.tolist(), t.tolist()) for s, t, _ in _take(full.iter_examples(), 12)]
+    ex_shard = [[(s.tolist(), t.tolist()) for s, t, _ in _take(sh.iter_examples(), 4)] for sh in shards]
+    assert ex_full == [ex_shard[g % 3][g // 3] for g in range(12)]
+    with pytest.raises(ValueError, match="shard_index"):
+        pipeline.TrainInput(vocab=vocab, batch_size=1, seq_len=64, bench=bench, shard_index=3, num_shards=3)
+
+
+def test_iter_examples_packs_to_the_same_batches(vocab):
+    bench = synthetic_bench()
+    ti = pipeline.TrainInput(vocab=vocab, batch_size=2, seq_len=80, seed=2, bench=bench)
+    batches = _take(pipeline.TrainInput(vocab=vocab, batch_size=2, seq_len=80, seed=2, bench=bench), 3)
+    segs = (fc.make_segment(s, t, bos_id=vocab.bos_id, eos_id=vocab.eos_id, max_length=80, tag=tag)
+            for s, t, tag in ti.iter_examples())
+    rows = []
+    for row, _ in fc.iter_packed_rows(segs, max_length=80, pad_id=vocab.pad_id, with_tags=True):
+        rows.append(row)
+        if len(rows) == 6:
+            break
+    _assert_batches_equal([fc.stack_rows(rows[i:i + 2]) for i in (0, 2, 4)], batches)
+
+
+def test_mixture_fractions_and_exclusions(vocab):
+    bench = synthetic_bench()
+    ti = pipeline.TrainInput(vocab=vocab, batch_size=1, seq_len=64, bench=bench)
+    idx = ti.sampler.task_indices(0, 50_000)
+    for b, share in ti.rates.benchmark_share.items():
+        frac = np.mean([ti.task_benchmark[ti.task_names[i]] == b for i in idx])
+        assert abs(frac - share) < 0.01
+    assert ti.rates.benchmark_share["Reasoning"] == pytest.approx(0.01)
+    assert ti.rates.benchmark_share["SuperNI"] == pytest.approx(0.99 * 25 / 70)
+    dropped = pipeline.TrainInput(vocab=vocab, batch_size=1, seq_len=64, bench=synthetic_bench({"superni_1"}))
+    assert "superni_1" in ti.task_names and "superni_1" not in dropped.task_names
+    small = pipeline.TrainInput(vocab=vocab, batch_size=1, seq_len=64, bench=bench,
+                                mixture_config=mx.MixtureConfig(eps=100))
+    # superni_1 (500) and superni_2 (9000) are both capped at EPS=100 -> same rate.
+    assert small.rates.rate("superni_1") == pytest.approx(small.rates.rate("superni_2"))
+    assert small.rates.rate("superni_0") == pytest.approx(small.rates.rate("superni_2") * 20 / 100)
+
+
+def test_heldout_category_is_refused():
+    bench = synthetic_bench()
+    bench.train_tasks = bench.train_tasks + ("superni_3",)  # a Word Analogy task
+    with pytest.raises(ValueError, match="'superni_3'.*'Word Analogy'"):
+        pipeline.training_rates(bench)
+    pipeline.training_rates(bench, pipeline.MAX_TRAIN_MIXTURE)  # the Max variant trains on everything
+
+
+def test_eval_examples_levels_shots_and_heldout_batches(vocab):
+    bench = synthetic_bench()
+    sup = pipeline.eval_examples("superni_0", split="validation", num_shots=5, bench=bench)
+    assert len(sup) == 6 and {p.id for p in sup} == {f"superni_0-{j}" for j in range(0, 30, 5)}
+    for p in sup:
+        assert p.num_shots == 5 and p.source.startswith("Definition of superni_0.\n\n")
+        # Demonstrations are training instances, never held-out ones (ids divisible by 5).
+        for j in range(0, 30, 5):
+            assert f"input number {j} " not in p.source.split("\n\n", 1)[1].rsplit("\n\n", 1)[0]
+    assert pipeline.eval_examples("superni_0", split="validation", num_shots=5, bench=bench) == sup
+    full = pipeline.eval_examples("superni_3", split="validation", max_examples=10, seed=1, bench=bench)
+    assert len(full) == 10 and full == pipeline.eval_examples("superni_3", split="validation", max_examples=10,
+                                                              seed=1, bench=bench)
+    assert bench.level_of("promptsource_5", "validation") == "partially_heldout"
+    with pytest.raises(ValueError, match="split must be one of"):
+        pipeline.eval_examples("superni_0", split="dev", bench=bench)
+    batches = pipeline.heldout_loss_batches(vocab=vocab, batch_size=2, seq_len=128, max_examples_per_task=4,
+                                            bench=bench)
+    assert batches and all(b["decoder_input_tokens"].shape == (2, 128) for b in batches)
+    n_segments = sum(int(b["decoder_segment_ids"].max(axis=1).sum()) for b in batches)
+    assert n_segments == 4 * 3 + 4   # 3 held-out tasks x 4, superni_0's 6 held-out instances capped at 4
+
+
+# ----- real data and the embedded suite through the data layer -------------------------------------------------
+
+def test_embedded_suite_pipeline(vocab):
+    bench = pipeline.get_bench(None, "embedded")
+    ti = pipeline.TrainInput(vocab=vocab, batch_size=2, seq_len=128, bench=bench)
+    assert ti.task_names and next(ti)["decoder_input_tokens"].shape == (2, 128)
+    names = pipeline.eval_task_names("validation", split_definition="embedded")
+    assert names
+    ex = pipeline.eval_examples(names[0], split="validation", num_shots=2, max_examples=3, bench=bench)
+    assert len(ex) == 3 and all(p.num_shots == 2 for p in ex)
+
+
+def test_real_data_pipeline(vocab, real_data_dir):
+    bench = pipeline.get_bench(str(real_data_dir), "optiml")
+    ti = pipeline.TrainInput(vocab=vocab, batch_size=2, seq_len=512, bench=bench)
+    held = bench.heldout_categories()
+    assert not [t for t in ti.task_names if bench.catalogue[t].category in held]
+    assert {"SuperNI", "PromptSource"} <= set(ti.rates.benchmark_share)
+    b = next(ti)
+    assert b["decoder_input_tokens"].shape == (2, 512) and b["decoder_loss_weights"].sum() > 0
+    for split in pipeline.EVAL_SPLITS:
+        names = pipeline.eval_task_names(split, data_dir=str(real_data_dir), split_definition="optiml")
+        assert names
+        p = pipeline.eval_examples(names[0], split=split, num_shots=5, max_examples=2, bench=bench)
+        assert len(p) <= 2
