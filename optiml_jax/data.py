@@ -228,7 +228,7 @@ def download_resumable(url: str, dest: pathlib.Path, *, sha256: str, size: int |
 def _remove_bigbench(archive: pathlib.Path) -> None:
     from optiml_jax.tasks import bigbench
 
-    index_path, cache_path = bigbench._cache_paths(archive)
+    index_path, cache_path = bigbench.cache_paths(archive)
     for p in (archive, index_path, cache_path):
         p.unlink(missing_ok=True)
 

@@ -8,9 +8,9 @@ Every decoding function follows the same plan, compiled as one XLA program:
 2. *steps*: inside a ``lax.while_loop`` one token per row is chosen from the last logits and fed back at position
    ``prompt_length + step``, until every row has produced EOS or ``max_new_tokens`` tokens were generated.
 
-The functions are pure in (params, inputs); the model is a static argument. Under a mesh (see `decode_context`),
-params carrying ``NamedSharding`` make the whole loop run sharded: the model's logical constraints place the
-activations and the cache, and the result equals the unsharded one.
+The functions are pure in (params, inputs); the model is a static argument. With params carrying the trainer's
+``NamedSharding``s (see `optiml_jax.inference.shard_params`) the whole loop runs sharded over the mesh and the
+result equals the unsharded one (see `decode_context`).
 """
 from __future__ import annotations
 
@@ -125,13 +125,21 @@ def left_pad(
 
 
 @contextlib.contextmanager
-def decode_context(mesh: jax.sharding.Mesh | None = None, rules: Sequence[tuple[str, Any]] | None = None):
-    """Context in which the model's logical sharding constraints resolve against ``mesh`` with ``rules``.
+def decode_context(
+    mesh: jax.sharding.Mesh | None = None,
+    rules: Sequence[tuple[str, Any]] | None = None,
+    *,
+    constrain_activations: bool = False,
+):
+    """Context for running the jitted decoding functions on ``mesh``.
 
-    Without a mesh this is a no-op, so the same call sites serve sharded and single-device runs; without rules
-    the trainer's defaults (`optiml_jax.partitioning.DEFAULT_LOGICAL_AXIS_RULES`) apply.
+    By default nothing is entered: the params' ``NamedSharding``s (and the batch sharding of the inputs, see
+    `place_batch`) drive GSPMD, which propagates them into activations and the cache. With
+    ``constrain_activations`` the mesh and the logical ``rules`` (default: the trainer's
+    `optiml_jax.partitioning.DEFAULT_LOGICAL_AXIS_RULES`) are made global so that the model's
+    ``with_logical_constraint`` annotations apply too. Without a mesh this is always a no-op.
     """
-    if mesh is None:
+    if mesh is None or not constrain_activations:
         yield
         return
     import flax.linen as nn
@@ -140,6 +148,22 @@ def decode_context(mesh: jax.sharding.Mesh | None = None, rules: Sequence[tuple[
         from optiml_jax.partitioning import DEFAULT_LOGICAL_AXIS_RULES as rules
     with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
         yield
+
+
+def place_batch(mesh: jax.sharding.Mesh | None, *arrays: np.ndarray) -> tuple[Any, ...]:
+    """Puts [batch, ...] host arrays on ``mesh`` split over its batch axes (replicated when they do not divide)."""
+    if mesh is None:
+        return tuple(jnp.asarray(a) for a in arrays)
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    axes = tuple(a for a in ("data", "fsdp") if a in mesh.shape)
+    size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    out = []
+    for a in arrays:
+        a = np.asarray(a)
+        spec = PartitionSpec(axes, *([None] * (a.ndim - 1))) if a.ndim and a.shape[0] % size == 0 else PartitionSpec()
+        out.append(jax.device_put(a, NamedSharding(mesh, spec)))
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -391,11 +415,13 @@ def generate(
     pad_id: int,
     mesh: jax.sharding.Mesh | None = None,
     rules: Sequence[tuple[str, Any]] | None = None,
+    constrain_activations: bool = False,
 ) -> DecodeOutput:
     """Continues left-padded prompts (see `left_pad`) with the KV cache; returns host numpy arrays.
 
     ``model`` is an ``OPTForCausalLM`` (or any module with the same decode interface), ``params`` its params
-    (optionally sharded with ``NamedSharding``s on ``mesh``; pass the trainer's logical ``rules`` with it).
+    (optionally sharded with ``NamedSharding``s on ``mesh``: the batch is then split over the mesh's data axes;
+    see `decode_context` for ``rules`` / ``constrain_activations``).
     The prompt length plus ``cfg.max_new_tokens`` must fit the model's position table.
     """
     tokens = jnp.asarray(tokens, jnp.int32)
@@ -413,10 +439,11 @@ def generate(
     fn = _compiled(model, cfg, int(eos_id), int(pad_id))
     rng = jax.random.PRNGKey(cfg.seed)
     cache_structure(model, tokens.shape[0], tokens.shape[1] + cfg.max_new_tokens)  # outside the mesh context
-    with decode_context(mesh, rules):
-        out, lengths, scores = fn(
-            params, tokens, jnp.asarray(segment_ids, jnp.int32), jnp.asarray(positions, jnp.int32), rng
-        )
+    tokens, segment_ids, positions = place_batch(
+        mesh, np.asarray(tokens), np.asarray(segment_ids, np.int32), np.asarray(positions, np.int32)
+    )
+    with decode_context(mesh, rules, constrain_activations=constrain_activations):
+        out, lengths, scores = fn(params, tokens, segment_ids, positions, rng)
     return DecodeOutput(np.asarray(out), np.asarray(lengths), np.asarray(scores))
 
 

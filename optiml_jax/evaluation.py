@@ -58,6 +58,8 @@ class EvalConfig:
       length_normalize: rank candidates by mean per-token log-likelihood instead of the sum.
       seed: selects the examples and demonstrations (and the untrained baseline's initialisation).
       data_dir: the real data directory (None = the environment's / the embedded suite).
+      split_definition: "optiml" (the paper's, needs real data) or "embedded"; None = "optiml" when a data dir
+        is configured, else "embedded".
     """
 
     split: str = "validation"
@@ -70,6 +72,7 @@ class EvalConfig:
     length_normalize: bool = False
     seed: int = 0
     data_dir: str | None = None
+    split_definition: str | None = None
 
     def __post_init__(self) -> None:
         if self.split not in ("validation", "test"):
@@ -99,6 +102,7 @@ class EvalConfig:
         return {
             "split": self.split, "max_examples": self.max_examples, "max_new_tokens": self.max_new_tokens,
             "length_normalize": self.length_normalize, "seed": self.seed,
+            "split_definition": self.split_definition, "data_dir": self.data_dir,
         }
 
 
@@ -131,7 +135,8 @@ def plan(cfg: EvalConfig) -> list[Unit]:
 
     by_level: dict[str, list[str]] = {}
     for lv in LEVELS:
-        by_level[lv] = list(pipeline.eval_task_names(cfg.split, lv, data_dir=cfg.data_dir))
+        by_level[lv] = list(pipeline.eval_task_names(
+            cfg.split, lv, data_dir=cfg.data_dir, split_definition=cfg.split_definition))
     known = {t: lv for lv, names in by_level.items() for t in names}
     if not known:
         raise ValueError(
@@ -152,7 +157,7 @@ def plan(cfg: EvalConfig) -> list[Unit]:
         if cfg.max_tasks_per_level is not None:
             names = names[: cfg.max_tasks_per_level]
         for name in names:
-            info = pipeline.get_task_info(name, data_dir=cfg.data_dir)
+            info = pipeline.get_bench(cfg.data_dir, cfg.split_definition).info(name)
             units.extend(Unit(lv, info, k) for k in cfg.shots)
     if not units:
         raise ValueError(
@@ -302,7 +307,7 @@ def evaluate(
             t0 = time.time()
             examples = pipeline.eval_examples(
                 unit.task.name, split=cfg.split, num_shots=unit.shots, max_examples=cfg.example_limit(unit.task),
-                seed=cfg.seed, data_dir=cfg.data_dir,
+                seed=cfg.seed, data_dir=cfg.data_dir, split_definition=cfg.split_definition,
             )
             if not examples:
                 logger.warning("task %s has no %s examples: left out of the averages", unit.task.name, cfg.split)

@@ -130,8 +130,9 @@ def candidate_logprobs(
             row_prompt[r] = i
             c_tok[r, : len(c)] = c
             c_mask[r, : len(c)] = 1.0
+        args = decoding.place_batch(mesh, tok, seg, pos) + decoding.place_batch(mesh, row_prompt, c_tok, c_mask)
         with decoding.decode_context(mesh, rules):
-            out = np.asarray(_compiled_scorer(model, "cache")(params, tok, seg, pos, row_prompt, c_tok, c_mask))
+            out = np.asarray(_compiled_scorer(model, "cache")(params, *args))
         per_row = [out[r, : len(c)] for r, (_, c) in enumerate(rows)]
     elif method == "full":
         seqs = [list(prompts[i]) + c for i, c in rows]
@@ -142,7 +143,7 @@ def candidate_logprobs(
         for r, (_, c) in enumerate(rows):
             mask[r, length - len(c):] = 1.0
         with decoding.decode_context(mesh, rules):
-            out = np.asarray(_compiled_scorer(model, "full")(params, tok, seg, pos, mask))
+            out = np.asarray(_compiled_scorer(model, "full")(params, *decoding.place_batch(mesh, tok, seg, pos, mask)))
         # Column j of `out` scores token j + 1: the candidate occupies the last len(c) columns.
         per_row = [out[r, length - 1 - len(c): length - 1] for r, (_, c) in enumerate(rows)]
     else:

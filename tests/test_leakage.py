@@ -90,3 +90,30 @@ def test_leakage_on_real_data(real_data_dir):
         print(f"  {o.train_task} -> {o.eval_task}: {100 * o.fraction:.1f}% ({o.overlapping}/{o.total})")
     assert summary["train_tasks"] > 100 and summary["eval_tasks"] > 10
     assert all(o.fraction > 0.01 for o in flagged)
+
+
+def test_vectorised_audit_equals_brute_force():
+    rng = np.random.default_rng(3)
+    vocab = [f"t{i}" for i in range(40)]  # tiny vocabulary: many accidental 3-gram matches
+
+    def rand_text():
+        return " ".join(rng.choice(vocab, size=int(rng.integers(0, 12))))
+
+    train = {f"tr{i}": [rand_text() for _ in range(int(rng.integers(1, 6)))] for i in range(6)}
+    evaluation = {f"ev{i}": [rand_text() for _ in range(int(rng.integers(1, 8)))] for i in range(5)}
+    n = 3
+
+    def grams(t):
+        toks = t.lower().split()
+        return {tuple(toks[i:i + n]) for i in range(len(toks) - n + 1)}
+
+    expected = []
+    for e, texts in evaluation.items():
+        for tname, ttexts in train.items():
+            tg = set().union(*map(grams, ttexts))
+            hits = sum(bool(grams(x) & tg) for x in texts)
+            if hits / len(texts) > 0.0:
+                expected.append((tname, e, hits, len(texts)))
+    got = [(o.train_task, o.eval_task, o.overlapping, o.total) for o in leakage.audit(train, evaluation, n=n,
+                                                                                       threshold=0.0)]
+    assert sorted(got) == sorted(expected) and expected

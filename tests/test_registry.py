@@ -42,7 +42,8 @@ def test_every_task_and_mixture_registered(synthetic):
     sub = seqio.get_mixture_or_task("optiml_validation_fully_heldout_5shot")
     assert {t.name for t in sub.tasks} == {registry.seqio_name(n, 5) for n in ("superni_3", "promptsource_2")}
     assert registry.seqio_name("superni_3") == "optiml.superni_3"
-    assert registry.seqio_name("a-b c", 5) == "optiml.a_b_c.5shot"
+    assert registry.seqio_name("a-b c", 5) == "optiml.a:2d:b:20:c.5shot"
+    assert registry.seqio_name("a-b") != registry.seqio_name("a_b")
 
 
 def test_training_stream_via_get_dataset_equals_train_input(synthetic, vocab):

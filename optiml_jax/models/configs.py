@@ -84,6 +84,9 @@ class OPTConfig:
         if self.attention_kernel not in ATTENTION_KERNELS:
             raise ValueError(
                 f"OPTConfig.attention_kernel must be one of {ATTENTION_KERNELS}, got {self.attention_kernel!r}")
+        if self.attention_kernel == "cudnn" and self.dtype == "float32":
+            raise ValueError("OPTConfig.attention_kernel='cudnn' needs dtype 'bfloat16' or 'float16' (cuDNN's fused "
+                             "attention has no float32 kernel); use attention_kernel='xla' for float32")
         if self.activation_function not in ACTIVATIONS:
             raise ValueError(
                 f"OPTConfig.activation_function must be one of {ACTIVATIONS}, got {self.activation_function!r}")

@@ -239,11 +239,15 @@ def write_safetensors(path: PathLike, tensors: Iterable[tuple[str, np.ndarray]],
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the format asks for 8-byte alignment of the data section
-    with open(path, "wb") as fh:
+    # Write beside the target and rename: readers that memory-map the old file (ours do) keep a valid inode.
+    path = pathlib.Path(path)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as fh:
         fh.write(struct.pack("<Q", len(blob)))
         fh.write(blob)
         for _, arr in items:
             fh.write(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+    os.replace(partial, path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

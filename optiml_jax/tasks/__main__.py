@@ -38,10 +38,11 @@ def benchmark_table(bench: pipeline.Bench) -> str:
         for name, info in bench.catalogue.items():
             counts[key(info)][roles[name]] += 1
         width = max(len(title), *(len(k) for k in counts)) + 2
-        lines.append(f"{title:<{width}}" + "".join(f"{r:>26}" for r in role_names) + f"{'total':>8}")
+        cw = max(len(r) for r in role_names) + 2
+        lines.append(f"{title:<{width}}" + "".join(f"{r:>{cw}}" for r in role_names) + f"{'total':>8}")
         for k in sorted(counts):
             c = counts[k]
-            lines.append(f"{k:<{width}}" + "".join(f"{c[r]:>26}" for r in role_names) + f"{sum(c.values()):>8}")
+            lines.append(f"{k:<{width}}" + "".join(f"{c[r]:>{cw}}" for r in role_names) + f"{sum(c.values()):>8}")
         lines.append("")
     lines.append("evaluation tasks per level:")
     for split in pipeline.EVAL_SPLITS:

@@ -22,6 +22,7 @@ task's ``preferred_score``, else its first known ``metrics`` entry, mapped by `M
 from __future__ import annotations
 
 import collections
+import copy
 import dataclasses
 import functools
 import gzip
@@ -55,7 +56,7 @@ ARCHIVE_SIZE = 358_249_635
 EXPECTED_TASK_FILES = 1041
 FIRST50_NAME = "bigbench_tasks_first50.jsonl.xz"
 NAME_PREFIX = "bigbench_"
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 
 KEYWORDS_TSV = pathlib.Path(__file__).resolve().parents[2] / "tasks" / "bigbench_keywords.tsv"
 FALLBACK_CATEGORY = "Misc."
@@ -208,8 +209,18 @@ def task_meta(task_path: str, task: dict[str, Any], num_examples: int | None = N
         "task_prefix": str(task.get("task_prefix", "")),
         "num_examples": int(num_examples if num_examples is not None else len(examples)),
         "num_multiple_choice": sum(1 for e in examples if isinstance(e, dict) and "target_scores" in e),
-        "has_subtasks": bool(task.get("subtasks")),
     }
+
+
+def _with_subtasks(metas: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Adds ``subtasks`` (the task paths one level below) to every entry; parents of subtasks have no examples."""
+    children: dict[str, list[str]] = collections.defaultdict(list)
+    for p in metas:
+        if "/" in p:
+            children[p.rsplit("/", 1)[0]].append(p)
+    for p, meta in metas.items():
+        meta["subtasks"] = sorted(children.get(p, []))
+    return metas
 
 
 def task_info_from_meta(task_path: str, meta: dict[str, Any], table: KeywordTable | None = None) -> TaskInfo:
@@ -389,7 +400,7 @@ def _iter_task_files(archive: pathlib.Path, reader: _HashingReader) -> Iterator[
         raise _corrupt(archive, f"{type(e).__name__}: {e}") from e
 
 
-def _cache_paths(archive: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+def cache_paths(archive: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
     """(index path, zip cache path): next to the archive when that folder is writable, else in the user cache."""
     stem = archive.name[: -len(".tar.gz")] if archive.name.endswith(".tar.gz") else archive.stem
     folder = archive.parent
@@ -400,8 +411,16 @@ def _cache_paths(archive: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
     return folder / f"{stem}.index.json", folder / f"{stem}.tasks.zip"
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open(..., "w")`` would give (mkstemp's files are 0600 whatever the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_write_bytes(path: pathlib.Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, _file_mode())
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -423,13 +442,14 @@ def build_index(archive_path: str | os.PathLike, *, progress: bool = False) -> d
     archive = pathlib.Path(archive_path)
     if not archive.is_file():
         raise BigBenchError(f"BIG-bench archive not found: {archive}")
-    index_path, cache_path = _cache_paths(archive)
+    index_path, cache_path = cache_paths(archive)
     index_path.parent.mkdir(parents=True, exist_ok=True)
     st = archive.stat()
     t0 = time.perf_counter()
     tasks: dict[str, dict[str, Any]] = {}
     fd, tmp_zip = tempfile.mkstemp(dir=cache_path.parent, prefix=f".{cache_path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp_zip, _file_mode())
     bar = _progress_bar(st.st_size, f"indexing {archive.name}", progress)
     try:
         with open(archive, "rb") as raw, zipfile.ZipFile(
@@ -473,6 +493,7 @@ def build_index(archive_path: str | os.PathLike, *, progress: bool = False) -> d
         "archive": {"name": archive.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha},
         "cache": {"name": cache_path.name, "size": cache_path.stat().st_size},
         "num_task_files": len(tasks),
+        "num_parent_tasks": sum(1 for t in _with_subtasks(tasks).values() if t["subtasks"]),
         "num_examples": sum(t["num_examples"] for t in tasks.values()),
         "build_seconds": round(time.perf_counter() - t0, 2),
         "tasks": tasks,
@@ -498,7 +519,7 @@ def load_index(archive_path: str | os.PathLike, *, build: bool = True, progress:
     archive = pathlib.Path(archive_path)
     if not archive.is_file():
         raise BigBenchError(f"BIG-bench archive not found: {archive}")
-    index_path, cache_path = _cache_paths(archive)
+    index_path, cache_path = cache_paths(archive)
     if index_path.is_file():
         try:
             index = json.loads(index_path.read_text(encoding="utf-8"))
@@ -540,7 +561,8 @@ def _first50(path: pathlib.Path) -> dict[str, dict[str, Any]]:
 def _source_metas(path: pathlib.Path) -> dict[str, dict[str, Any]]:
     if _source_kind(path) == "archive":
         return load_index(path)["tasks"]
-    return {p: task_meta(p, row, num_examples=row.get("num_examples_total")) for p, row in _first50(path).items()}
+    return _with_subtasks({p: task_meta(p, row, num_examples=row.get("num_examples_total"))
+                           for p, row in _first50(path).items()})
 
 
 def _resolve(path: pathlib.Path, metas: dict[str, dict[str, Any]], task_name: str) -> str:
@@ -585,10 +607,10 @@ def task_json(source_path: str | os.PathLike, task_name: str) -> dict[str, Any]:
         raise BigBenchError(f"BIG-bench source not found: {path}")
     if _source_kind(path) == "first50":
         rows = _first50(path)
-        return rows[_resolve(path, rows, task_name)]
+        return copy.deepcopy(rows[_resolve(path, rows, task_name)])  # the rows are cached: hand out a copy
     index = load_index(path)
     task_path = _resolve(path, index["tasks"], task_name)
-    _, cache_path = _cache_paths(path)
+    _, cache_path = cache_paths(path)
     try:
         with zipfile.ZipFile(cache_path) as zf:
             data = zf.read(task_path + ".json")

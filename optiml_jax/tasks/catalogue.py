@@ -156,18 +156,15 @@ SUPERNI_EXACT_MATCH_CATEGORIES: frozenset[str] = frozenset({
     "Punctuation Error Detection",
 })
 
-# SuperNI rows of all_tasks_catalog.tsv without a category (all outside the default track): the
-# category follows the task-name suffix, which names the task type in SuperNI's convention.
+# Fallback for SuperNI rows with no category anywhere (neither in all_tasks_catalog.tsv, its
+# alias rows, nor the task file): SuperNI names end with the task type.
 SUPERNI_NAME_SUFFIX_CATEGORY: tuple[tuple[str, str], ...] = (
     ("language_identification", "Language Identification"),
-    ("language_identificatio", "Language Identification"),  # a truncated name in the source table
     ("translation", "Translation"),
     ("named_entity_recognition", "Named Entity Recognition"),
     ("text_auto_completion", "Text Completion"),
     ("missing_word_prediction", "Fill in The Blank"),
     ("fill_in_the_blank", "Fill in The Blank"),
-    # Parallel-corpus "classification" tasks judge whether a sentence pair is a correct translation.
-    ("_classification", "Translation"),
 )
 SUPERNI_NAME_CATEGORY_OVERRIDES: dict[str, str] = {
     # CODA-19 labels paper fragments by section (background, method, ...).
@@ -377,7 +374,9 @@ class CatalogueRow:
 
 def normalize_source(name: str) -> str:
     """Canonical spelling of a source-dataset name, used to match data sources across benchmarks."""
-    s = re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_")
+    # Some SuperNI "Source" fields append a URL to the dataset name; the name alone identifies it.
+    base = name.split("http", 1)[0] if "http" in name else name
+    s = re.sub(r"[^0-9a-z]+", "_", base.strip().lower()).strip("_")
     aliases = {"squad_1_1": "squad_v1", "squad1_1": "squad_v1", "squad": "squad_v1",
                "squad2_0": "squad_v2", "squad_2_0": "squad_v2", "roc_stories": "rocstories",
                "gsm": "gsm8k", "boolq": "boolq", "super_glue_boolq": "boolq"}
@@ -575,15 +574,31 @@ def _read_tsv_dicts(path: pathlib.Path) -> list[dict[str, str]]:
 
 
 def _superni_alias_key(name: str) -> str:
-    return name.replace("-", "_")
+    return name.replace("-", "_").replace(".", "_")
 
 
-def _superni_category(row: Mapping[str, str], task_json: Mapping | None, where: str) -> str:
+def _pick_superni_rows(rows: list[dict[str, str]]) -> list[tuple[dict[str, str], list[dict[str, str]]]]:
+    """Group the rows that spell one task two ways (FLAN writes "-" and "." as "_") and pick the
+    official spelling: the default-track row, else the one with the official punctuation."""
+    groups: dict[str, list[dict[str, str]]] = {}
+    for r in rows:
+        groups.setdefault(_superni_alias_key(r["task"]), []).append(r)
+    out = []
+    for group in groups.values():
+        default = [r for r in group if r["default_split"] in ("train", "test")]
+        punct = [r for r in group if r["task"] != _superni_alias_key(r["task"])]
+        out.append(((default or punct or group)[0], group))
+    return out
+
+
+def _superni_category(row: Mapping[str, str], group: list[dict[str, str]], task_json: Mapping | None,
+                      where: str) -> str:
     name = row["task"]
     if name in SUPERNI_NAME_CATEGORY_OVERRIDES:
         return SUPERNI_NAME_CATEGORY_OVERRIDES[name]
-    if row.get("category"):
-        return map_category(row["category"], where=where)
+    for r in [row] + group:
+        if r.get("category"):
+            return map_category(r["category"], where=where)
     if task_json and task_json.get("Categories"):
         return map_category(task_json["Categories"][0], where=where)
     for suffix, category in SUPERNI_NAME_SUFFIX_CATEGORY:
@@ -593,9 +608,10 @@ def _superni_category(row: Mapping[str, str], task_json: Mapping | None, where: 
                          "SUPERNI_NAME_SUFFIX_CATEGORY")
 
 
-def _superni_source(row: Mapping[str, str], task_json: Mapping | None) -> str:
-    if row.get("source_dataset"):
-        return row["source_dataset"].strip().rstrip(",")
+def _superni_source(row: Mapping[str, str], group: list[dict[str, str]], task_json: Mapping | None) -> str:
+    for r in [row] + group:
+        if r.get("source_dataset"):
+            return r["source_dataset"].strip().rstrip(",")
     if task_json and task_json.get("Source"):
         return str(task_json["Source"][0]).strip()
     # SuperNI names are task<NNN>_<source>_<what>: the token after the number names the source.
@@ -604,17 +620,15 @@ def _superni_source(row: Mapping[str, str], task_json: Mapping | None) -> str:
 
 
 def build_superni_rows(data: pathlib.Path) -> list[CatalogueRow]:
-    """SuperNI rows from superni/all_tasks_catalog.tsv (FLAN's underscore spellings of default-track
-    tasks are aliases of the same task and are dropped)."""
+    """SuperNI rows from superni/all_tasks_catalog.tsv. The table spells 41 tasks twice (FLAN's
+    underscore spelling beside the official one); each task is kept once, under its official name."""
     path = data / "superni" / "all_tasks_catalog.tsv"
     rows = _read_tsv_dicts(path)
-    default = {_superni_alias_key(r["task"]) for r in rows if r["default_split"] in ("train", "test")}
+    line_of = {r["task"]: i for i, r in enumerate(rows, start=2)}
     out = []
-    for lineno, r in enumerate(rows, start=2):
-        where = f"{path}:{lineno}"
+    for r, group in _pick_superni_rows(rows):
+        where = f"{path}:{line_of[r['task']]}"
         split = r["default_split"]
-        if split not in ("train", "test") and _superni_alias_key(r["task"]) in default:
-            continue  # alias of a default-track task
         task_file = data / "superni" / "tasks" / f"{r['task']}.json"
         task_json = json.loads(task_file.read_text(encoding="utf-8")) if task_file.is_file() else None
         try:
@@ -622,8 +636,8 @@ def build_superni_rows(data: pathlib.Path) -> list[CatalogueRow]:
         except ValueError:
             raise CatalogueError(f"{where}: num_instances {r['num_instances']!r} is not an integer") from None
         info = TaskInfo(name=r["task"], benchmark="SuperNI",
-                        category=_superni_category(r, task_json, where),
-                        source_dataset=normalize_source(_superni_source(r, task_json)),
+                        category=_superni_category(r, group, task_json, where),
+                        source_dataset=normalize_source(_superni_source(r, group, task_json)),
                         instruction_level="task", metric="rouge_l", num_instances=n)
         out.append(CatalogueRow(info, source_split=split if split in ("train", "test") else "extra"))
     return out
@@ -730,7 +744,7 @@ def build_ps_rows(data: pathlib.Path) -> list[CatalogueRow]:
 
 def _count_lines(path: pathlib.Path) -> int:
     with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
+        return sum(1 for line in f.read().split(b"\n") if line.strip())
 
 
 def build_reasoning_rows(data: pathlib.Path) -> list[CatalogueRow]:

@@ -589,6 +589,9 @@ def _entail_ni(rng):
           "Given that {p} Is it true that {h}"), labels=("no", "yes"))
 def _entail_ps(rng):
     p, h, label = _entailment(rng)
+    # The hypothesis continues a sentence in two templates: lower-case a leading "The"/"There".
+    first, rest = h.split(" ", 1)
+    h = (first.lower() if first in ("The", "There") else first) + " " + rest
     return Instance({"p": p, "h": h}, "yes" if label == "entailment" else "no")
 
 

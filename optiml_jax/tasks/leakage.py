@@ -5,10 +5,10 @@ one 13-gram (lower-cased whitespace tokens) with any example of the train task. 
 and references (the instance content; task definitions are left out because SuperNI definitions share
 boilerplate sentences that would flag unrelated tasks).
 
-Efficiency: every 13-gram is hashed to 64 bits with a rolling polynomial hash over per-token hashes (numpy,
-vectorised). The train side becomes one index from gram hash to train tasks -- a sorted array of
-(hash, task) pairs, the memory-light equivalent of a ``dict[gram] -> tasks`` -- and each eval example is one
-``searchsorted`` over its grams.
+Efficiency: every 13-gram is hashed to 64 bits with a polynomial hash over random per-token values, for a whole
+task at once (numpy, vectorised). The train side becomes one index from gram hash to train tasks -- a sorted
+array of (hash, task) pairs, the memory-light equivalent of a ``dict[gram] -> tasks`` -- and each eval task is
+one ``searchsorted`` over all its grams.
 
 Pairs above the threshold (1 % by default) are printed; ``--drop`` writes the offending train tasks to an
 exclusion list (`exclusions_path`) that the pipeline honours (`read_exclusions`).
@@ -16,7 +16,6 @@ exclusion list (`exclusions_path`) that the pipeline honours (`read_exclusions`)
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import pathlib
 from typing import Iterable, Mapping, Sequence
@@ -48,21 +47,21 @@ class Overlap:
 
 
 class _TokenHasher:
-    """Maps whitespace tokens to stable 64-bit values (blake2b; memoised)."""
+    """Maps whitespace tokens to random 64-bit values (fixed seed; one table per audit, so consistent)."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int = 0) -> None:
         self._ids: dict[str, int] = {}
+        self._rng = np.random.default_rng(seed)
+        self._table = np.empty(0, np.uint64)
 
     def __call__(self, tokens: Sequence[str]) -> np.ndarray:
         ids = self._ids
-        out = np.empty(len(tokens), np.uint64)
-        for i, tok in enumerate(tokens):
-            v = ids.get(tok)
-            if v is None:
-                v = int.from_bytes(hashlib.blake2b(tok.encode(), digest_size=8).digest(), "little")
-                ids[tok] = v
-            out[i] = v
-        return out
+        idx = np.fromiter((ids.setdefault(t, len(ids)) for t in tokens), np.int64, count=len(tokens))
+        if len(ids) > len(self._table):
+            grow = max(len(ids) - len(self._table), len(self._table))
+            self._table = np.concatenate([self._table, self._rng.integers(
+                0, np.iinfo(np.uint64).max, size=grow, dtype=np.uint64, endpoint=True)])
+        return self._table[idx]
 
 
 def example_text(example: Example) -> str:
@@ -70,32 +69,41 @@ def example_text(example: Example) -> str:
     return " ".join([example.input, *example.outputs])
 
 
-def gram_hashes(text: str, hasher: _TokenHasher, n: int = NGRAM) -> np.ndarray:
-    """Unique 64-bit hashes of the n-grams of ``text`` (lower-cased, whitespace-split); empty if shorter."""
-    tokens = text.lower().split()
-    if len(tokens) < n:
-        return np.empty(0, np.uint64)
-    vals = hasher(tokens)
-    m = len(tokens) - n + 1
+def _grams_of_texts(texts: Sequence[str], hasher: _TokenHasher, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(gram hashes, index of the text each gram comes from) for all n-grams of all texts, vectorised: the
+    texts' tokens are concatenated and grams that would straddle two texts are dropped."""
+    token_lists = [t.lower().split() for t in texts]
+    lengths = np.fromiter((len(t) for t in token_lists), np.int64, count=len(token_lists))
+    total = int(lengths.sum())
+    if total < n:
+        return np.empty(0, np.uint64), np.empty(0, np.int64)
+    vals = hasher([tok for toks in token_lists for tok in toks])
+    m = total - n + 1
     h = np.zeros(m, np.uint64)
     with np.errstate(over="ignore"):
         for j in range(n):
-            h = h * _MULT + vals[j:j + m]   # wraps modulo 2**64 on purpose
-    return np.unique(h)
+            h = h * _MULT + vals[j:j + m]   # polynomial hash, wrapping modulo 2**64 on purpose
+    owner = np.repeat(np.arange(len(texts)), lengths)[:m]
+    ends = np.cumsum(lengths)
+    valid = np.arange(m) + n <= ends[owner]   # the gram ends inside its own text
+    return h[valid], owner[valid]
 
 
-def build_index(train: Mapping[str, Iterable[str]], n: int = NGRAM,
+def gram_hashes(text: str, hasher: _TokenHasher, n: int = NGRAM) -> np.ndarray:
+    """Unique 64-bit hashes of the n-grams of ``text`` (lower-cased, whitespace-split); empty if shorter."""
+    return np.unique(_grams_of_texts([text], hasher, n)[0])
+
+
+def build_index(train: Mapping[str, Sequence[str]], n: int = NGRAM,
                 hasher: _TokenHasher | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Sorted (gram hash, train task index) arrays over all train texts, plus the task name list."""
     hasher = hasher or _TokenHasher()
     names = sorted(train)
     hashes, owners = [], []
     for ti, name in enumerate(names):
-        grams = [gram_hashes(t, hasher, n) for t in train[name]]
-        if grams:
-            g = np.unique(np.concatenate(grams))
-            hashes.append(g)
-            owners.append(np.full(len(g), ti, np.int32))
+        g = np.unique(_grams_of_texts(list(train[name]), hasher, n)[0])
+        hashes.append(g)
+        owners.append(np.full(len(g), ti, np.int32))
     if not hashes:
         return np.empty(0, np.uint64), np.empty(0, np.int32), names
     h = np.concatenate(hashes)
@@ -104,7 +112,7 @@ def build_index(train: Mapping[str, Iterable[str]], n: int = NGRAM,
     return h[order], o[order], names
 
 
-def audit(train: Mapping[str, Iterable[str]], evaluation: Mapping[str, Sequence[str]], *, n: int = NGRAM,
+def audit(train: Mapping[str, Sequence[str]], evaluation: Mapping[str, Sequence[str]], *, n: int = NGRAM,
           threshold: float = DEFAULT_THRESHOLD) -> list[Overlap]:
     """All (train, eval) pairs whose overlap fraction exceeds ``threshold``, highest first.
 
@@ -118,19 +126,21 @@ def audit(train: Mapping[str, Iterable[str]], evaluation: Mapping[str, Sequence[
     idx_hash, idx_task, names = build_index(train, n, hasher)
     flagged: list[Overlap] = []
     for eval_name in sorted(evaluation):
-        texts = evaluation[eval_name]
-        counts = np.zeros(len(names), np.int64)
-        for text in texts:
-            g = gram_hashes(text, hasher, n)
-            if not len(g) or not len(idx_hash):
-                continue
-            lo = np.searchsorted(idx_hash, g, side="left")
-            hi = np.searchsorted(idx_hash, g, side="right")
-            hit = hi > lo
-            if not hit.any():
-                continue
-            tasks = np.unique(np.concatenate([idx_task[a:b] for a, b in zip(lo[hit], hi[hit])]))
-            counts[tasks] += 1
+        texts = list(evaluation[eval_name])
+        grams, owner = _grams_of_texts(texts, hasher, n)
+        if not len(grams) or not len(idx_hash):
+            continue
+        lo = np.searchsorted(idx_hash, grams, side="left")
+        hi = np.searchsorted(idx_hash, grams, side="right")
+        hit = np.flatnonzero(hi > lo)
+        if not len(hit):
+            continue
+        # Expand every hit into its (eval text, train task) pairs; a text counts once per train task.
+        spans = hi[hit] - lo[hit]
+        rows = np.repeat(owner[hit], spans)
+        starts = np.repeat(lo[hit] - np.cumsum(spans) + spans, spans) + np.arange(int(spans.sum()))
+        pairs = np.unique(rows * len(names) + idx_task[starts])
+        counts = np.bincount(pairs % len(names), minlength=len(names))
         for ti in np.flatnonzero(counts):
             if names[ti] == eval_name:
                 continue  # a supervised task against its own training instances: shared templates expected

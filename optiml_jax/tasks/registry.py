@@ -1,6 +1,7 @@
 """seqio registration of the benchmark (``import optiml_jax.tasks`` calls `register_all`).
 
-Registered names (``<task>`` is the catalogue name with characters seqio rejects replaced by "_"):
+Registered names (``<task>`` is the catalogue name; characters seqio rejects become ``:<hex code>:``,
+e.g. "-" -> ":2d:"):
 
 - ``optiml.<task>``: one seqio.Task per catalogued task, FunctionDataSource over its rendered 0-shot prompts;
   splits "train" (training instances) and "validation" / "test" where the split definition evaluates it.
@@ -34,7 +35,9 @@ _registered: dict[str, Any] = {}
 
 def seqio_name(task_name: str, num_shots: int | None = None) -> str:
     """seqio registry name of a task (optionally its k-shot evaluation variant)."""
-    base = PREFIX + re.sub(r"[^\w.:]", "_", task_name)
+    # Injective escaping (catalogue names differ only by "-" vs "_" in places): every character seqio rejects,
+    # and ":" itself, becomes ":<hex code>:".
+    base = PREFIX + re.sub(r"[^\w.]|[^\x00-\x7f]", lambda m: f":{ord(m.group()):x}:", task_name)
     return base if num_shots is None else f"{base}.{num_shots}shot"
 
 

@@ -116,8 +116,14 @@ def _load_json(path: pathlib.Path) -> Any:
         raise DataError(f"{path}:{e.lineno}:{e.colno}: malformed JSON ({e.msg})") from None
 
 
+def _lines(text: str) -> list[str]:
+    # Split on "\n" only: str.splitlines() also breaks at U+2028, U+0085, ... which occur inside
+    # JSON strings and TSV fields of real data.
+    return [line.rstrip("\r") for line in text.split("\n")]
+
+
 def _iter_jsonl(path: pathlib.Path) -> Iterator[tuple[int, Any]]:
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+    for lineno, line in enumerate(_lines(_read_text(path)), start=1):
         if not line.strip():
             continue
         try:
@@ -332,7 +338,7 @@ def _parse_cot_tsv(key: tuple[str, int, int], task: str, definition: str) -> tup
     path = pathlib.Path(key[0])
     report = LoadReport(task=task, path=str(path))
     out = []
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+    for lineno, line in enumerate(_lines(_read_text(path)), start=1):
         if not line.strip():
             continue
         cols = line.split("\t")
@@ -536,8 +542,8 @@ def _native_path(task: TaskInfo, data: pathlib.Path) -> tuple[str, pathlib.Path]
         t0_dir = data / "t0_p3"
         files = sorted(t0_dir.glob("*.jsonl*")) if t0_dir.is_dir() else []
         for f in files:
-            grouped, _ = _parse_t0_file(_file_key(f))
-            if name in grouped:
+            grouped, reports = _parse_t0_file(_file_key(f))
+            if name in grouped or name in reports:
                 return "t0", f
         return None
     return None
@@ -594,7 +600,7 @@ def _load(task: TaskInfo, data_dir: str | os.PathLike | None) -> tuple[tuple[Exa
             return _parse_bbh(key, _file_key(prompt) if prompt.is_file() else None, task.name)
         if kind == "t0":
             grouped, reports = _parse_t0_file(key)
-            return grouped[task.name], reports[task.name], ()
+            return grouped.get(task.name, ()), reports[task.name], ()
     generic = _generic_path(task, data)
     if generic is not None:
         exs, report = _parse_generic(_file_key(generic), task.name)

@@ -320,10 +320,10 @@ OPTIML_TEST_TASKS = (
     "flan_bool_q", "flan_openbookqa", "flan_arc_challenge", "flan_arc_easy", "flan_dart",
     "bbh_*", "task*_bbh_*", "task1761_svamp",
 )
-# Table 15's fully supervised validation tasks: SQuAD v1 (FLAN, PromptSource), Blended Skill Talk
-# and CNN/DailyMail (PromptSource).
+# Table 15's fully supervised validation tasks: SQuAD v1 (FLAN, PromptSource; plus SuperNI's SQuAD
+# v1.1 answer generation, which has data here), Blended Skill Talk and CNN/DailyMail (PromptSource).
 OPTIML_VALIDATION_SUPERVISED = ("flan_squad_v1", "ps_squad_v1", "ps_blended_skill_talk",
-                                "ps_cnn_dailymail_3_0_0")
+                                "ps_cnn_dailymail_3_0_0", "task075_squad1.1_answer_generation")
 
 
 @gin.configurable

@@ -1,0 +1,184 @@
+"""Training-step throughput: our jitted step (optiml_jax.trainer) vs HF PyTorch, MFU, compiled-step memory."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from bench.common import bench_config, interleaved_times, ratio, summarize
+
+
+def synthetic_batch(vocab_size: int, batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """A full batch in the feature-converter layout: one segment filling each row, loss on every token.
+
+    Token values do not change the cost of a dense step; a single segment per row keeps the attention work
+    identical to HF's plain causal mask so both sides do the same FLOPs.
+    """
+    if batch < 1 or seq_len < 2:
+        raise ValueError(f"need batch >= 1 and seq_len >= 2, got {batch}, {seq_len}")
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(4, vocab_size, size=(batch, seq_len + 1), dtype=np.int32)
+    return {
+        "decoder_input_tokens": tokens[:, :-1].copy(),
+        "decoder_target_tokens": tokens[:, 1:].copy(),
+        "decoder_loss_weights": np.ones((batch, seq_len), np.float32),
+        "decoder_segment_ids": np.ones((batch, seq_len), np.int32),
+        "decoder_positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (batch, seq_len)).copy(),
+    }
+
+
+class OursStep:
+    """The project's Trainer on one device; calling it runs one optimizer step and waits for it."""
+
+    def __init__(self, config: Any, batch: int, seq_len: int, seed: int = 0):
+        import jax
+
+        from optiml_jax import partitioning, trainer
+        from optiml_jax.models.opt import OPTForCausalLM
+
+        self.config, self.batch_size, self.seq_len = config, batch, seq_len
+        mesh = partitioning.create_mesh({"data": 1}, jax.devices()[:1])
+        tcfg = trainer.TrainerConfig(optimizer=trainer.OptimizerConfig(learning_rate=1e-5, warmup_steps=0,
+                                                                       total_steps=1000), seed=seed)
+        self.trainer = trainer.Trainer(OPTForCausalLM(config), tcfg, mesh,
+                                       partitioning.DEFAULT_LOGICAL_AXIS_RULES,
+                                       global_batch_size=batch, seq_len=seq_len)
+        self.state = self.trainer.init_state()
+        self.batch = synthetic_batch(config.vocab_size, batch, seq_len, seed)
+        self.last_loss: float | None = None
+
+    def params_numpy(self) -> Any:
+        """The current parameters as host numpy arrays (for building the HF twin)."""
+        import jax
+        return jax.tree.map(np.asarray, self.state.params)
+
+    def __call__(self) -> None:
+        self.state, metrics = self.trainer.train_step(self.state, self.batch)
+        self.last_loss = float(metrics["loss"])  # float() blocks until the step has finished
+
+    def memory_analysis(self) -> dict[str, int]:
+        """XLA's compiled-step memory analysis (argument/output/temp/alias bytes)."""
+        tr = self.trainer
+        gb = tr.global_batch(self.batch)
+        # Trainer exposes no public lowering hook; its jitted step and mesh context are what train_step runs,
+        # including its fallback to sharding propagation when the model's constraints fail under the mesh.
+        try:
+            with tr._context():
+                compiled = tr._train_step.lower(self.state, gb).compile()
+        except ValueError as e:
+            if not tr._mesh_context or "with_sharding_constraint" not in str(e):
+                raise
+            tr._mesh_context = False
+            with tr._context():
+                compiled = tr._train_step.lower(self.state, gb).compile()
+        ma = compiled.memory_analysis()
+        if ma is None:
+            return {}
+        fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes", "alias_size_in_bytes",
+                  "generated_code_size_in_bytes")
+        return {f: int(getattr(ma, f)) for f in fields if hasattr(ma, f)}
+
+
+class HFStep:
+    """HF `OPTForCausalLM` training step: forward with labels, backward, grad clipping, torch.optim.AdamW."""
+
+    def __init__(self, config: Any, params: Any, batch: dict[str, np.ndarray],
+                 attn_implementation: str = "sdpa", seed: int = 0):
+        import torch
+
+        from bench.hf import hf_model_from_params
+
+        torch.manual_seed(seed)
+        self.model = hf_model_from_params(config, params, attn_implementation=attn_implementation, train=True)
+        # Same recipe as ours: (0.9, 0.95), eps 1e-8, weight decay 0.1, global-norm clip 1.0, fp32 state.
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5, betas=(0.9, 0.95), eps=1e-8,
+                                     weight_decay=0.1)
+        # HF shifts labels inside the loss, so it gets seq_len + 1 tokens to score the same seq_len targets.
+        full = np.concatenate([batch["decoder_input_tokens"], batch["decoder_target_tokens"][:, -1:]], axis=1)
+        self.input_ids = torch.from_numpy(full[:, :-1].astype(np.int64))
+        self.labels = torch.from_numpy(full[:, :-1].astype(np.int64))
+        self.attention_mask = torch.ones_like(self.input_ids)
+        self.last_loss: float | None = None
+
+    def __call__(self) -> None:
+        import torch
+
+        self.opt.zero_grad(set_to_none=True)
+        out = self.model(input_ids=self.input_ids, attention_mask=self.attention_mask, labels=self.labels)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.last_loss = float(out.loss.detach())
+
+
+def compare_with_hf(model: str, *, batch: int, seq_len: int, repeats: int,
+                    attn_implementation: str = "sdpa") -> dict[str, Any]:
+    """Tokens/s of our train step and of HF's on the same config, weights, batch and length (f32, CPU).
+
+    The two are timed round-robin in one process so that machine noise affects both alike.
+    """
+    cfg = bench_config(model, seq_len)
+    ours = OursStep(cfg, batch, seq_len)
+    hf = HFStep(cfg, ours.params_numpy(), ours.batch, attn_implementation=attn_implementation)
+    times = interleaved_times({"ours": ours, "hf": hf}, repeats=repeats, warmup=1)
+    tokens = batch * seq_len
+    o, h = summarize(times["ours"]), summarize(times["hf"])
+    return {
+        "model": model, "batch": batch, "seq_len": seq_len, "dtype": "float32", "dropout": cfg.dropout,
+        "hf_attn_implementation": attn_implementation, "num_params": cfg.num_params(),
+        "ours": {**o, "tokens_per_s": tokens / o["median_s"], "final_loss": ours.last_loss},
+        "hf": {**h, "tokens_per_s": tokens / h["median_s"], "final_loss": hf.last_loss},
+        "ratio_ours_over_hf": ratio(tokens / o["median_s"], tokens / h["median_s"]),
+    }
+
+
+def mfu_point(model: str, *, seq_len: int, tokens_per_step: int, repeats: int, peak_flops: float,
+              dtype: str = "float32", attention_kernel: str = "xla") -> dict[str, Any]:
+    """Tokens/s and model-FLOPs utilisation of our train step for one (model, length).
+
+    MFU = flops_per_token(seq_len) * tokens/s / peak, with the configs' PaLM-style FLOP count (6N + attention).
+    """
+    batch = max(1, tokens_per_step // seq_len)
+    cfg = bench_config(model, seq_len, dtype=dtype, attention_kernel=attention_kernel)
+    ours = OursStep(cfg, batch, seq_len)
+    times = interleaved_times({"ours": ours}, repeats=repeats, warmup=1)["ours"]
+    s = summarize(times)
+    tps = batch * seq_len / s["median_s"]
+    fpt = cfg.flops_per_token(seq_len)
+    return {"model": model, "seq_len": seq_len, "batch": batch, "dtype": dtype,
+            "attention_kernel": attention_kernel, "num_params": cfg.num_params(), "flops_per_token": fpt,
+            "step": s, "tokens_per_s": tps, "model_flops_per_s": fpt * tps, "mfu": fpt * tps / peak_flops,
+            "best_mfu": fpt * batch * seq_len / s["best_s"] / peak_flops}
+
+
+def mfu_sweep(models: Sequence[str], seq_lens: Sequence[int], *, tokens_per_step: int, repeats: int,
+              peak_flops: float, **kwargs: Any) -> list[dict[str, Any]]:
+    """`mfu_point` for every (model, length)."""
+    return [mfu_point(m, seq_len=L, tokens_per_step=tokens_per_step, repeats=repeats, peak_flops=peak_flops,
+                      **kwargs)
+            for m in models for L in seq_lens]
+
+
+def step_memory(model: str, *, seq_len: int, batches: Sequence[int] = (1, 2)) -> dict[str, Any]:
+    """Compiled-step memory of our train step at two batch sizes -> activation bytes per token and the
+    largest batch that fits the host's available memory (CPU) or the device's limit (accelerators)."""
+    from bench.common import device_memory_stats, machine_info
+
+    if len(batches) != 2 or batches[0] >= batches[1]:
+        raise ValueError(f"batches must be two increasing sizes, got {batches}")
+    cfg = bench_config(model, seq_len)
+    analyses = {}
+    for b in batches:
+        analyses[b] = OursStep(cfg, b, seq_len).memory_analysis()
+    b0, b1 = batches
+    if not analyses[b0] or "temp_size_in_bytes" not in analyses[b0]:
+        return {"model": model, "seq_len": seq_len, "status": "skipped: no memory analysis on this backend"}
+    temp0, temp1 = analyses[b0]["temp_size_in_bytes"], analyses[b1]["temp_size_in_bytes"]
+    per_token = (temp1 - temp0) / ((b1 - b0) * seq_len)
+    fixed = analyses[b0]["argument_size_in_bytes"] + temp0 - per_token * b0 * seq_len
+    dev = device_memory_stats()
+    limit = (dev or {}).get("bytes_limit") or machine_info().get("host_memory_available_bytes")
+    largest = int((limit - fixed) // (per_token * seq_len)) if limit and per_token > 0 else None
+    return {"model": model, "seq_len": seq_len, "analyses": {str(k): v for k, v in analyses.items()},
+            "activation_bytes_per_token": per_token, "state_bytes": analyses[b0]["argument_size_in_bytes"],
+            "memory_limit_bytes": limit, "largest_batch_that_fits": largest}

@@ -1,0 +1,193 @@
+"""Held-out evaluation CLI (gin, T5X conventions).
+
+    python -m optiml_jax.eval --gin_file=gin/eval/tiny_cpu.gin [--gin.CHECKPOINT="'runs/tiny_cpu'"]
+    python -m optiml_jax.eval --gin_file=gin/eval/optiml_validation.gin --gin.CHECKPOINT="'/ckpt/opt-iml-30b'"
+    python -m optiml_jax.eval --gin_file=gin/eval/optiml_validation.gin --compare CKPT_A CKPT_B
+
+Writes per-task predictions, results.json, report.md (paper layout) and figures under EVAL_OUTPUT_DIR, one
+sub-directory per model; a killed run picks up where it stopped. ``--compare A B`` evaluates two checkpoints
+and prints the per-level gains of A over B; ``run_eval.compare_untrained = True`` compares the checkpoint
+with its own random initialisation (same config and seed).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Sequence
+
+import gin
+
+from optiml_jax import gin_utils
+from optiml_jax.tasks.schema import LEVELS
+
+# Fields that define the architecture: a checkpoint that differs in any of them is another model.
+ARCHITECTURE_FIELDS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "ffn_dim", "num_attention_heads",
+    "max_position_embeddings", "word_embed_proj_dim", "do_layer_norm_before",
+)
+
+
+def check_model_config(ckpt_dir: str, expected: Any) -> None:
+    """Raises ValueError naming every architecture field where the checkpoint differs from ``expected``."""
+    from optiml_jax.models.convert import load_config
+
+    found = load_config(ckpt_dir)
+    diffs = [
+        f"{f}: checkpoint {getattr(found, f)!r} vs expected {getattr(expected, f)!r}"
+        for f in ARCHITECTURE_FIELDS if getattr(found, f) != getattr(expected, f)
+    ]
+    if diffs:
+        raise ValueError(
+            f"checkpoint {ckpt_dir} is not the configured model ({getattr(expected, 'name', 'expected')}): "
+            + "; ".join(diffs) + ". Point CHECKPOINT at a matching checkpoint or change the model gin file."
+        )
+
+
+@gin.configurable(module="optiml_jax.eval")
+def run_eval(
+    checkpoint: str = gin.REQUIRED,
+    output_dir: str = gin.REQUIRED,
+    split: str = "validation",
+    split_definition: str | None = None,
+    shots: Sequence[int] = (0, 5),
+    levels: Sequence[str] = LEVELS,
+    tasks: Sequence[str] | None = None,
+    max_tasks_per_level: int | None = None,
+    max_examples: int | None = None,
+    max_new_tokens: int = 256,
+    length_normalize: bool = False,
+    seed: int = 0,
+    data_dir: str | None = None,
+    compare_untrained: bool = False,
+    compare_checkpoint: str | None = None,
+    expected_model: Any = None,
+    batch_size: int = 8,
+    dtype: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluates ``checkpoint`` (a checkpoint or a training run dir) on a held-out split; returns a summary.
+
+    Args:
+      checkpoint: our checkpoint (config.json + params/) or a MODEL_DIR whose final/ export is used.
+      output_dir: where predictions, results, report.md and figures go (one sub-directory per model).
+      split / split_definition / shots / levels / tasks / max_tasks_per_level / max_examples / max_new_tokens /
+        length_normalize / seed / data_dir: see `optiml_jax.evaluation.EvalConfig` (None max_examples = the
+        paper's limits).
+      compare_untrained: also evaluate the same architecture at its random initialisation (seed ``seed``).
+      compare_checkpoint: also evaluate this checkpoint and report the gains of ``checkpoint`` over it.
+      expected_model: an OPTConfig (e.g. ``@optiml_jax.models.configs.model_config()``); a checkpoint with a
+        different architecture is refused.
+      batch_size: prompts per device call. dtype: compute dtype override (e.g. "bfloat16").
+      progress: show a progress bar.
+    """
+    from optiml_jax import evaluation, inference
+
+    cfg = evaluation.EvalConfig(
+        split=split, shots=tuple(int(k) for k in shots), levels=tuple(levels),
+        tasks=tuple(tasks) if tasks is not None else None, max_tasks_per_level=max_tasks_per_level,
+        max_examples=max_examples, max_new_tokens=max_new_tokens, length_normalize=length_normalize,
+        seed=seed, data_dir=data_dir, split_definition=split_definition,
+    )
+    if not checkpoint:
+        raise ValueError("no checkpoint to evaluate: bind CHECKPOINT (--gin.CHECKPOINT=\"'/path/to/ckpt'\")")
+    ckpt = inference.resolve_checkpoint(checkpoint)
+    if expected_model is not None:
+        check_model_config(ckpt, expected_model)
+    predictor = inference.Predictor.from_checkpoint(ckpt, dtype=dtype, batch_size=batch_size, name="trained")
+    predictors, labels = [predictor], [_label(checkpoint, "trained")]
+    predictor.name = labels[0]
+    if compare_checkpoint is not None:
+        other = inference.Predictor.from_checkpoint(
+            inference.resolve_checkpoint(compare_checkpoint), dtype=dtype, batch_size=batch_size)
+        other.name = _label(compare_checkpoint, "baseline")
+        if other.name == predictor.name:
+            other.name += " (B)"
+        predictors.append(other)
+        labels.append(other.name)
+    if compare_untrained:
+        untrained = predictor.untrained(seed)
+        untrained.name = "untrained init"
+        predictors.append(untrained)
+        labels.append(untrained.name)
+
+    out = evaluation.evaluate_models(predictors, labels, cfg, output_dir, progress=progress)
+    print(f"\nreport:  {out['report']}")
+    for lab in labels:
+        sub = os.path.join(output_dir, evaluation.safe_name(lab))
+        print(f"{lab}: {os.path.join(sub, 'results.json')}, {os.path.join(sub, 'categories.png')}")
+    if "figure" in out:
+        print(f"figure:  {out['figure']}")
+        print(evaluation.format_gains(out["gains"], labels[0], labels[1]))
+    with open(out["report"]) as f:
+        print(f.read())
+    return {"labels": labels, **out}
+
+
+def _label(path: str, fallback: str) -> str:
+    base = os.path.basename(os.path.normpath(str(path)))
+    return base if base and base not in (".", "final") else fallback
+
+
+def _help() -> str:
+    return gin_utils.help_text(
+        "optiml_jax.eval", __doc__, [("optiml_jax.eval.run_eval", run_eval)],
+        macros=[("CHECKPOINT", "checkpoint or training run dir to evaluate"),
+                ("EVAL_OUTPUT_DIR", "where the reports go")],
+    )
+
+
+def _pop_compare(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Removes ``--compare A B`` (or ``--compare=A,B``) from argv; returns (rest, [A, B] or [])."""
+    rest, pair = [], []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--compare":
+            pair = argv[i + 1: i + 3]
+            if len(pair) != 2 or any(p.startswith("--") for p in pair):
+                raise gin_utils.GinUsageError("--compare needs two checkpoint paths: --compare CKPT_A CKPT_B")
+            i += 3
+            continue
+        if a.startswith("--compare="):
+            pair = a.split("=", 1)[1].split(",")
+            if len(pair) != 2:
+                raise gin_utils.GinUsageError("--compare=A,B needs exactly two checkpoint paths")
+        else:
+            rest.append(a)
+        i += 1
+    return rest, pair
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for usage errors and bad inputs)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv, pair = _pop_compare(argv)
+    except gin_utils.GinUsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    def _main(args: gin_utils.GinArgs) -> int:
+        bindings = list(args.gin_bindings)
+        if pair:
+            bindings += [("--compare", f"optiml_jax.eval.run_eval.checkpoint = {pair[0]!r}"),
+                         ("--compare", f"optiml_jax.eval.run_eval.compare_checkpoint = {pair[1]!r}"),
+                         ("--compare", "optiml_jax.eval.run_eval.compare_untrained = False")]
+        gin_utils.parse_gin(args.gin_files, bindings, args.search_paths)
+        try:
+            run_eval()
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except RuntimeError as e:  # gin: a REQUIRED parameter (e.g. the checkpoint) was left unbound
+            if "Required bindings" not in str(e):
+                raise
+            print(f"error: {e.args[0]} (bind it, e.g. --gin.CHECKPOINT=\"'/path/to/ckpt'\")", file=sys.stderr)
+            return 2
+        return 0
+
+    return gin_utils.run_cli(_main, argv, help_fn=_help)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Command line: generate from, or rank candidates with, one of our checkpoints.
+
+    python -m optiml_jax.infer --checkpoint DIR --prompt "Translate to French: cheese" [--max_new_tokens 32]
+    python -m optiml_jax.infer --checkpoint DIR --prompts_file prompts.txt --method beam --num_beams 4
+    python -m optiml_jax.infer --checkpoint DIR --prompt "Is the sky blue? Answer:" --candidates yes no
+
+``--prompts_file``: one prompt per line (``\\n`` inside a line stands for a newline), or a ``.jsonl`` file of
+``{"prompt": ..., "candidates": [...]}`` objects. With candidates the output lists each candidate's
+log-likelihood and the chosen one (rank classification); otherwise the generated continuation. ``--output F``
+writes JSON lines instead of printing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+from optiml_jax import decoding
+
+
+def _read_prompts(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--prompts_file {path}: no such file")
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if path.endswith(".jsonl"):
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"--prompts_file {path}, line {n}: invalid JSON ({e})") from None
+                if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
+                    raise ValueError(f"--prompts_file {path}, line {n}: expected an object with a string 'prompt'")
+                cands = obj.get("candidates")
+                if cands is not None and (not isinstance(cands, list) or not all(isinstance(c, str) for c in cands)
+                                          or not cands):
+                    raise ValueError(f"--prompts_file {path}, line {n}: 'candidates' must be a non-empty list of strings")
+                items.append({"prompt": obj["prompt"], "candidates": cands})
+            else:
+                items.append({"prompt": line.rstrip("\n").replace("\\n", "\n"), "candidates": None})
+    if not items:
+        raise ValueError(f"--prompts_file {path}: no prompts in the file")
+    return items
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser."""
+    p = argparse.ArgumentParser(prog="python -m optiml_jax.infer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="our checkpoint dir (config.json + params/) or a run dir")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="one prompt")
+    src.add_argument("--prompts_file", help="text file (one prompt per line) or .jsonl with prompt/candidates")
+    p.add_argument("--candidates", nargs="+", help="answer options for every prompt: rank classification")
+    p.add_argument("--normalize", action="store_true", help="rank by mean per-token log-likelihood")
+    p.add_argument("--method", choices=["greedy", "sample", "beam"], default="greedy")
+    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top_k", type=int, default=0)
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--num_beams", type=int, default=4)
+    p.add_argument("--length_penalty", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
+    p.add_argument("--output", default=None, help="write JSON lines here instead of printing")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for bad arguments or inputs)."""
+    args = build_parser().parse_args(argv)
+    try:
+        items = _read_prompts(args.prompts_file) if args.prompts_file else [
+            {"prompt": args.prompt, "candidates": None}]
+        if args.candidates:
+            for it in items:
+                it["candidates"] = it["candidates"] or list(args.candidates)
+        cfg = decoding.DecodeConfig(
+            method=args.method, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+            top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams, length_penalty=args.length_penalty,
+            seed=args.seed,
+        )
+        from optiml_jax.inference import Predictor
+
+        predictor = Predictor.from_checkpoint(args.checkpoint, dtype=args.dtype, batch_size=args.batch_size)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    results: list[dict | None] = [None] * len(items)
+    ranked = [i for i, it in enumerate(items) if it["candidates"]]
+    free = [i for i, it in enumerate(items) if not it["candidates"]]
+    if ranked:
+        scores = predictor.score([items[i]["prompt"] for i in ranked], [items[i]["candidates"] for i in ranked],
+                                 normalize=args.normalize)
+        for i, s in zip(ranked, scores):
+            best = max(range(len(s)), key=s.__getitem__)
+            results[i] = {"prompt": items[i]["prompt"], "candidates": items[i]["candidates"],
+                          "scores": s, "prediction": items[i]["candidates"][best]}
+    if free:
+        outs = predictor.generate([items[i]["prompt"] for i in free], cfg)
+        for i, o in zip(free, outs):
+            results[i] = {"prompt": items[i]["prompt"], "prediction": o}
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            for r in results:
+                f.write(json.dumps(r) + "\n")
+        print(f"wrote {len(results)} predictions to {args.output}")
+    else:
+        for r in results:
+            print(json.dumps(r, ensure_ascii=False))
+    if predictor.truncated_prompts:
+        print(f"note: {predictor.truncated_prompts} prompt(s) were cut from the left to fit the model's "
+              f"{predictor.max_positions} positions", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The committed task catalogue: completeness against the real data, taxonomy, validation."""
+import collections
+import csv
+import json
+import pathlib
+
+import pytest
+
+from optiml_jax.tasks import catalogue as cat
+from optiml_jax.tasks import splits
+
+
+@pytest.fixture(scope="module")
+def table():
+    return {r.info.name: r for r in cat.read_table(cat.CATALOGUE_PATH)}
+
+
+def test_table_counts_per_benchmark(table):
+    counts = collections.Counter(r.info.benchmark for r in table.values())
+    assert counts["SuperNI"] == 1613  # the paper's Table 1 count
+    assert counts["BBH"] == 27 + 27  # BBH JSON + the BBH tasks of superni_extra
+    assert counts["PromptSource"] >= 60 and counts["FLAN"] >= 70
+    assert counts["Reasoning"] == 9 + 3  # 9 CoT datasets + GSM8K/StrategyQA/SVAMP eval copies
+    assert 1800 <= len(table) <= 2000
+    official = collections.Counter(r.source_split for r in table.values() if r.info.benchmark == "SuperNI")
+    assert official["test"] == 119 and official["train"] == 756
+
+
+def test_every_superni_task_file_is_catalogued(real_data_dir, table):
+    test_tasks = set((real_data_dir / "superni/splits/default/test_tasks.txt").read_text().split())
+    files = sorted((real_data_dir / "superni/tasks").glob("*.json"))
+    assert len(files) == 875
+    for f in files:
+        d = json.loads(f.read_text(encoding="utf-8"))
+        row = table[d["Task"]]
+        assert row.info.category == cat.map_category(d["Categories"][0]), d["Task"]
+        assert row.source_split == ("test" if d["Task"] in test_tasks else "train")
+        # SuperNI official test tasks are never trained on.
+        if d["Task"] in test_tasks:
+            assert row.info.split_role in ("fully_heldout", "partially_heldout"), d["Task"]
+
+
+def test_all_tasks_catalog_is_covered_once(real_data_dir, table):
+    with open(real_data_dir / "superni/all_tasks_catalog.tsv", encoding="utf-8") as f:
+        names = [r["task"] for r in csv.DictReader(f, delimiter="\t")]
+    keys = {cat._superni_alias_key(n) for n in names}
+    superni = [n for n, r in table.items() if r.info.benchmark == "SuperNI"]
+    assert len(keys) == len(superni) == 1613
+    assert {cat._superni_alias_key(n) for n in superni} == keys
+
+
+def test_committed_table_matches_a_fresh_build(real_data_dir, table):
+    rebuilt = {r.info.name: r for r in cat.build_catalogue(real_data_dir)}
+    assert rebuilt.keys() == table.keys()
+    diffs = [n for n in table if rebuilt[n] != table[n]]
+    assert not diffs, f"tasks/catalogue.tsv is stale for {diffs[:5]}; rerun --build"
+
+
+def test_roles_are_the_optiml_split(table):
+    infos = {n: r.info for n, r in table.items()}
+    resolved = splits.resolve(splits.get_split("optiml"), infos,
+                              source_splits={n: r.source_split for n, r in table.items()})
+    assert {n: r.info.split_role for n, r in table.items()} == dict(resolved.roles)
+
+
+def test_taxonomy_and_mapping_tables():
+    assert len(cat.SUPERNI_CATEGORIES) == 76
+    for label, target in cat.CATEGORY_MAP.items():
+        assert target in cat.TAXONOMY, label
+    for ds, (category, metric) in cat.FLAN_DATASETS.items():
+        assert category in cat.TAXONOMY and metric in cat.METRICS, ds
+    for ds, (category, _, metric) in cat.PS_DATASETS.items():
+        assert category in cat.TAXONOMY and metric in cat.METRICS, ds
+    assert cat.map_category("Natural Language Inference") == "Textual Entailment"
+    assert cat.map_category("Word Sense Disambiguation") == "Word Semantics"
+    assert cat.map_category("Sentence Completion") == "Text Completion"
+    with pytest.raises(cat.CatalogueError, match="Made-up Cluster"):
+        cat.map_category("Made-up Cluster", where="x.csv:3")
+
+
+def test_categories_of_other_benchmarks(table):
+    assert table["flan_copa"].info.category == "Cause Effect Classification"  # Table 15
+    assert table["flan_anli_r1"].info.category == "Textual Entailment"
+    assert table["ps_super_glue_wic"].info.category == "Word Semantics"
+    assert table["ps_winogrande_winogrande_xl"].info.category == "Coreference Resolution"
+    assert table["ps_story_cloze_2016"].info.category == "Text Completion"
+    assert table["cot_gsm8k"].info.category == "Reasoning"
+    for r in table.values():
+        assert r.info.category in cat.TAXONOMY
+        assert r.info.instruction_level == ("instance" if r.info.benchmark in ("FLAN", "PromptSource") else "task")
+
+
+def test_ps_template_mapping():
+    assert cat.ps_dataset_of("adversarial_qa_dbert_based_on") == "adversarial_qa_dbert"
+    assert cat.ps_dataset_of("cos_e_v1.11_rationale") == "cos_e_v1_11"
+    assert cat.ps_dataset_of("anli_GPT_3_style_r2_score_eval") == "anli_r2"
+    assert cat.ps_dataset_of("cnn_dailymail_3.0.0_tldr_summary") == "cnn_dailymail_3_0_0"
+    assert cat.ps_dataset_of("no_such_dataset_template") is None
+
+
+def test_load_catalogue_adds_embedded_and_user_rows(tmp_path):
+    base = cat.load_catalogue(tmp_path)
+    emb = [n for n, t in base.items() if t.benchmark in cat.EMBEDDED_BENCHMARKS]
+    assert len(emb) >= 36
+    (tmp_path / "jsonl").mkdir()
+    header = "\t".join(cat.COLUMNS)
+    (tmp_path / "jsonl/catalogue.tsv").write_text(
+        header + "\ncrossfit_example\tCrossFit\tsome_data\tText Matching\tinstance\taccuracy\ttrain\t10\ttrain\n")
+    cat._cached_rows.cache_clear()
+    with_user = cat.load_catalogue(tmp_path)
+    assert with_user["crossfit_example"].benchmark == "CrossFit"
+    assert len(with_user) == len(base) + 1
+
+
+@pytest.mark.parametrize("column,value,match", [
+    ("benchmark", "NotABenchmark", "field 'benchmark'"),
+    ("category", "Sorting Things", "field 'category'"),
+    ("metric", "bleu", "field 'metric'"),
+    ("num_instances", "many", "field 'num_instances'"),
+])
+def test_read_table_names_line_and_field(tmp_path, column, value, match):
+    fields = dict(name="t1", benchmark="SuperNI", source_dataset="s", category="Misc.",
+                  instruction_level="task", metric="rouge_l", split_role="train",
+                  num_instances="3", source_split="train")
+    fields[column] = value
+    p = tmp_path / "cat.tsv"
+    p.write_text("\t".join(cat.COLUMNS) + "\n" + "\t".join(fields[c] for c in cat.COLUMNS) + "\n")
+    with pytest.raises(cat.CatalogueError, match=match) as e:
+        cat.read_table(p)
+    assert f"{p}:2" in str(e.value)
+
+
+def test_read_table_rejects_duplicates(tmp_path):
+    row = "t1\tSuperNI\ts\tMisc.\ttask\trouge_l\ttrain\t3\ttrain"
+    p = tmp_path / "cat.tsv"
+    p.write_text("\t".join(cat.COLUMNS) + f"\n{row}\n{row}\n")
+    with pytest.raises(cat.CatalogueError, match=r"cat.tsv:3: duplicate task name 't1'"):
+        cat.read_table(p)
+
+
+def test_secondary_metrics(table):
+    te = table["task1344_glue_entailment_classification"].info
+    assert te.metric == "rouge_l" and cat.secondary_metrics(te) == ("exact_match",)
+    assert cat.secondary_metrics(table["task1356_xlsum_title_generation"].info) == ()
+
+
+def test_data_dir_resolution(monkeypatch, tmp_path):
+    monkeypatch.setenv(cat.DATA_DIR_ENV, str(tmp_path))
+    assert cat.data_dir() == str(tmp_path)
+    monkeypatch.setenv(cat.DATA_DIR_ENV, str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="OPTIML_DATA_DIR"):
+        cat.data_dir()
+    with pytest.raises(FileNotFoundError, match="data_dir"):
+        cat.resolve_data_dir(tmp_path / "nope")

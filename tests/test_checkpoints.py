@@ -1,0 +1,141 @@
+"""Training checkpoints: round trip with input state, reshard on restore, keep-N, atomicity, damage fallback."""
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from optiml_jax import checkpoints, partitioning
+
+
+def _state(mesh, scale: float):
+    """A small train-state-like tree: a 2-D sharded matrix, a replicated vector, a step, an RNG key."""
+    w = jax.device_put(jnp.arange(64, dtype=jnp.float32).reshape(8, 8) * scale,
+                       NamedSharding(mesh, P("fsdp", "model")))
+    b = jax.device_put(jnp.full((8,), scale, jnp.float32), NamedSharding(mesh, P()))
+    return {"params": {"w": w, "b": b}, "step": jax.device_put(jnp.int32(scale), NamedSharding(mesh, P())),
+            "rng": jax.device_put(jax.random.PRNGKey(int(scale)), NamedSharding(mesh, P()))}
+
+
+def _target(state, mesh, spec_w):
+    shard = {"params": {"w": NamedSharding(mesh, spec_w), "b": NamedSharding(mesh, P())},
+             "step": NamedSharding(mesh, P()), "rng": NamedSharding(mesh, P())}
+    return partitioning.with_shardings(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state),
+                                       shard)
+
+
+@pytest.fixture()
+def mesh():
+    return partitioning.create_mesh({"data": 2, "fsdp": 2, "model": 2})
+
+
+def test_round_trip_with_input_state_and_reshard(tmp_path, mesh):
+    ck = checkpoints.Checkpointer(tmp_path / "ckpt", checkpoints.CheckpointConfig(keep=2, async_save=True))
+    for step in (1, 2, 3):
+        ck.save(step, _state(mesh, float(step)), {"input": {"position": 10 * step}, "examples_seen": {"X": step}})
+    ck.wait()
+    assert ck.all_steps() == [2, 3]  # keep-N
+    ck.close()
+    # A new manager (a restarted job) on a different mesh: data=8, w sharded over data only.
+    other = partitioning.create_mesh({"data": -1})
+    ck2 = checkpoints.Checkpointer(tmp_path / "ckpt", checkpoints.CheckpointConfig(keep=2))
+    restored = ck2.restore_latest(_target(_state(mesh, 0.0), other, P("data", None)))
+    assert restored.step == 3 and restored.skipped == []
+    assert restored.input_state == {"input": {"position": 30}, "examples_seen": {"X": 3}}
+    w = restored.state["params"]["w"]
+    assert w.sharding.mesh.shape == other.shape and w.sharding.spec == P("data", None)
+    np.testing.assert_array_equal(np.asarray(w), np.arange(64, dtype=np.float32).reshape(8, 8) * 3)
+    np.testing.assert_array_equal(np.asarray(restored.state["rng"]), np.asarray(jax.random.PRNGKey(3)))
+    assert int(restored.state["step"]) == 3
+    ck2.close()
+
+
+def test_empty_directory_restores_nothing_and_schedule(tmp_path, mesh):
+    ck = checkpoints.Checkpointer(tmp_path / "ckpt", checkpoints.CheckpointConfig(save_every=5))
+    assert ck.restore_latest(_target(_state(mesh, 0.0), mesh, P())) is None
+    assert [s for s in range(1, 13) if ck.should_save(s, last_step=12)] == [5, 10, 12]
+    with pytest.raises(TypeError):
+        ck.save(1, _state(mesh, 1.0), {"not json": object()})
+    ck.close()
+
+
+def _break_arrays(step_dir: pathlib.Path, how: str) -> None:
+    data = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert data, "expected orbax OCDBT data files"
+    for p in data:
+        if how == "delete":
+            p.unlink()
+        else:
+            raw = bytearray(p.read_bytes())
+            for i in range(len(raw) // 3, len(raw)):
+                raw[i] ^= 0x5A
+            p.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("how", ["garble", "delete", "fingerprint"])
+def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path, mesh, how, caplog):
+    ck = checkpoints.Checkpointer(tmp_path / "ckpt", checkpoints.CheckpointConfig(keep=3, async_save=False))
+    for step in (4, 8):
+        ck.save(step, _state(mesh, float(step)), {"input": {"position": step}})
+    ck.close()
+    latest = tmp_path / "ckpt" / "8"
+    if how == "fingerprint":
+        # Arrays still decode but no longer match what was saved (silent bit rot): caught by the fingerprint.
+        meta_file = next(p for p in (latest / "meta").iterdir() if p.is_file() and "metadata" in p.name)
+        meta = json.loads(meta_file.read_text())
+        meta["fingerprint"][0] += 1.0
+        meta_file.write_text(json.dumps(meta))
+    else:
+        _break_arrays(latest, how)
+    ck2 = checkpoints.Checkpointer(tmp_path / "ckpt", checkpoints.CheckpointConfig(keep=3, async_save=False))
+    restored = ck2.restore_latest(_target(_state(mesh, 0.0), mesh, P("fsdp", "model")))
+    assert restored.step == 4
+    assert [s for s, _ in restored.skipped] == [8]
+    assert "checkpoint step 8" in restored.skipped[0][1]
+    assert "falling back to the previous checkpoint" in caplog.text
+    np.testing.assert_array_equal(np.asarray(restored.state["params"]["b"]), np.full((8,), 4.0, np.float32))
+    assert restored.input_state == {"input": {"position": 4}}
+    # The damaged step is moved aside (kept for inspection) so training can write step 8 again.
+    assert ck2.all_steps() == [4] and (tmp_path / "ckpt" / "8.corrupt").is_dir()
+    ck2.save(8, _state(mesh, 8.0), {"input": {"position": 8}})
+    ck2.wait()
+    assert ck2.all_steps() == [4, 8]
+    ck2.close()
+
+
+def test_every_checkpoint_damaged_is_an_error(tmp_path, mesh):
+    ck = checkpoints.Checkpointer(tmp_path / "ckpt", checkpoints.CheckpointConfig(async_save=False))
+    ck.save(1, _state(mesh, 1.0), None)
+    ck.close()
+    _break_arrays(tmp_path / "ckpt" / "1", "delete")
+    ck2 = checkpoints.Checkpointer(tmp_path / "ckpt")
+    with pytest.raises(checkpoints.CheckpointError, match="no readable checkpoint"):
+        ck2.restore_latest(_target(_state(mesh, 0.0), mesh, P()))
+    ck2.close()
+
+
+def test_unfinished_save_is_invisible(tmp_path, mesh):
+    # Orbax writes into "<step>.orbax-checkpoint-tmp-*" and renames on commit: a job killed mid-save leaves only
+    # such a directory, which must never be taken for a checkpoint (and is cleaned up on the next start).
+    ck = checkpoints.Checkpointer(tmp_path / "ckpt", checkpoints.CheckpointConfig(async_save=False))
+    ck.save(2, _state(mesh, 2.0), None)
+    ck.close()
+    partial = tmp_path / "ckpt" / "5.orbax-checkpoint-tmp-1234567"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "garbage").write_bytes(b"\0" * 10)
+    ck2 = checkpoints.Checkpointer(tmp_path / "ckpt")
+    assert ck2.all_steps() == [2]
+    assert not partial.exists()
+    ck2.close()
+
+
+def test_model_checkpoint_errors_say_what_to_do(tmp_path):
+    with pytest.raises(checkpoints.CheckpointError, match=r"INIT_CHECKPOINT='.*nope': no such directory.*convert"):
+        checkpoints.check_model_checkpoint_dir(tmp_path / "nope")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text("{}")
+    with pytest.raises(checkpoints.CheckpointError, match=r"missing \['params'\]"):
+        checkpoints.check_model_checkpoint_dir(tmp_path / "half")
