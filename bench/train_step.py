@@ -43,9 +43,20 @@ class OursStep:
         self.trainer = trainer.Trainer(OPTForCausalLM(config), tcfg, mesh,
                                        partitioning.DEFAULT_LOGICAL_AXIS_RULES,
                                        global_batch_size=batch, seq_len=seq_len)
-        self.state = self.trainer.init_state()
+        self._state: Any = None  # initialised on first use: memory analysis needs only shapes
         self.batch = synthetic_batch(config.vocab_size, batch, seq_len, seed)
         self.last_loss: float | None = None
+
+    @property
+    def state(self) -> Any:
+        """The (lazily initialised, sharded) train state."""
+        if self._state is None:
+            self._state = self.trainer.init_state()
+        return self._state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._state = value
 
     def params_numpy(self) -> Any:
         """The current parameters as host numpy arrays (for building the HF twin)."""
@@ -58,19 +69,23 @@ class OursStep:
 
     def memory_analysis(self) -> dict[str, int]:
         """XLA's compiled-step memory analysis (argument/output/temp/alias bytes)."""
+        from optiml_jax import partitioning
+
         tr = self.trainer
         gb = tr.global_batch(self.batch)
+        # Lower against shapes only: nothing of the train state is allocated.
+        state = partitioning.with_shardings(tr.abstract_state, tr.state_shardings)
         # Trainer exposes no public lowering hook; its jitted step and mesh context are what train_step runs,
         # including its fallback to sharding propagation when the model's constraints fail under the mesh.
         try:
             with tr._context():
-                compiled = tr._train_step.lower(self.state, gb).compile()
+                compiled = tr._train_step.lower(state, gb).compile()
         except ValueError as e:
             if not tr._mesh_context or "with_sharding_constraint" not in str(e):
                 raise
             tr._mesh_context = False
             with tr._context():
-                compiled = tr._train_step.lower(self.state, gb).compile()
+                compiled = tr._train_step.lower(state, gb).compile()
         ma = compiled.memory_analysis()
         if ma is None:
             return {}

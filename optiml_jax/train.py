@@ -159,6 +159,10 @@ def train(
     if restored is not None:
         state = restored.state
         meta = restored.input_state or {}
+        if not meta.get("input"):
+            raise ckpt_lib.CheckpointError(
+                f"checkpoint {restored.step} in {checkpointer.directory} holds no input pipeline position; it was "
+                "not written by optiml_jax.train -- use another MODEL_DIR")
         data.restore(meta["input"])
         examples_seen = dict(meta.get("examples_seen", {}))
         for step, reason in restored.skipped:
@@ -181,7 +185,7 @@ def train(
     writer = _MetricsWriter(model_dir_p, enabled=is_main)
     summary: dict[str, Any] = {"start_step": start_step}
     try:
-        if heldout and (start_step == 0 or start_step < train_steps):
+        if heldout:
             summary["first_heldout_loss"] = _log_heldout(trainer, state, heldout, start_step, writer, is_main)
         bar = _progress(train_steps, start_step, enabled=is_main and progress_bar)
         tokens_per_step = batch_size * seq_len
@@ -211,10 +215,15 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
             done = step + 1
+            paused = False
             if heldout and eval_every > 0 and done % eval_every == 0 and done != train_steps:
                 _log_heldout(trainer, state, heldout, done, writer, is_main)
+                paused = True
             if checkpointer.should_save(done, train_steps):
                 checkpointer.save(done, state, {"input": data.state(), "examples_seen": examples_seen})
+                paused = True
+            if paused:  # throughput counts training only, not evaluation or checkpoint writes
+                timer.start()
         if bar is not None:
             bar.close()
         checkpointer.wait()
@@ -276,6 +285,8 @@ def _print(enabled: bool, msg: str) -> None:
 def _heldout_rows(pipeline, vocab, batch_size, seq_len, data_dir, split, max_examples, max_batches, seed, shard):
     # Every process builds the same global batches and keeps its own rows, so all processes run the same
     # number of eval steps.
+    if max_batches is not None and max_batches <= 0:
+        return []
     batches = pipeline.heldout_loss_batches(
         vocab=vocab, batch_size=batch_size, seq_len=seq_len, split="validation", data_dir=data_dir,
         max_examples_per_task=max_examples, seed=seed, split_definition=split)

@@ -210,3 +210,30 @@ def test_real_data_pipeline(vocab, real_data_dir):
         assert names
         p = pipeline.eval_examples(names[0], split=split, num_shots=5, max_examples=2, bench=bench)
         assert len(p) <= 2
+
+
+@pytest.mark.parametrize("which", ["embedded", "real"])
+def test_mixture_invariants_on_data_layer(which, request, vocab):
+    """Embedded suite and real data: no held-out category trained, 50k draws match the benchmark shares,
+    per-task rates follow min(n, EPS) inside each benchmark."""
+    if which == "real":
+        bench = pipeline.get_bench(str(request.getfixturevalue("real_data_dir")), "optiml")
+    else:
+        bench = pipeline.get_bench(None, "embedded")
+    ti = pipeline.TrainInput(vocab=vocab, batch_size=1, seq_len=64, bench=bench)
+    held = bench.heldout_categories()
+    assert held and not [t for t in ti.task_names if bench.catalogue[t].category in held]
+    assert not set(ti.task_names) & {t for (s, lv), ts in bench.eval_tasks.items() if lv != "supervised" for t in ts}
+    idx = ti.sampler.task_indices(0, 50_000)
+    bench_of = np.array([ti.task_benchmark[n] for n in ti.task_names])[idx]
+    for b, share in ti.rates.benchmark_share.items():
+        assert abs(np.mean(bench_of == b) - share) < 0.01, (b, share)
+    for b in ti.rates.benchmark_share:
+        members = [t for t in ti.task_names if ti.task_benchmark[t] == b]
+        capped = np.array([min(ti.rates.task_size[t], ti.rates.eps) for t in members], float)
+        got = np.array([ti.rates.rate(t) for t in members])
+        np.testing.assert_allclose(got, ti.rates.benchmark_share[b] * capped / capped.sum(), rtol=1e-9)
+    if which == "real":
+        assert ti.rates.benchmark_share["Reasoning"] == pytest.approx(0.01)
+        # SuperNI and PromptSource are the regular benchmarks on disk: 25/70 and 45/70 of the other 99 %.
+        assert ti.rates.benchmark_share["SuperNI"] == pytest.approx(0.99 * 25 / 70)

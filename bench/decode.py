@@ -1,0 +1,139 @@
+"""Inference throughput: KV-cache greedy decoding vs HF generate, rank classification vs HF log-likelihoods."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from bench.common import bench_config, interleaved_times, ratio, summarize
+
+
+def _model_and_params(model: str, max_len: int, seed: int = 0) -> tuple[Any, Any, Any]:
+    import jax
+
+    from optiml_jax.models.opt import OPTForCausalLM
+
+    cfg = bench_config(model, max_len, dropout=0.0)
+    m = OPTForCausalLM(cfg)
+    params = m.init_params(jax.random.PRNGKey(seed))
+    return cfg, m, params
+
+
+def greedy_decoding(model: str, *, batch_sizes: Sequence[int], prompt_len: int, new_tokens: int, repeats: int,
+                    seed: int = 0) -> dict[str, Any]:
+    """New tokens/s of `optiml_jax.decoding.generate` (greedy) vs HF `generate(do_sample=False)`.
+
+    Both decode exactly `new_tokens` per row from the same weights and prompts: our EOS is set to an id that never
+    occurs and HF gets `min_new_tokens`, so neither stops early. The fraction of identical generated tokens is
+    recorded as a sanity check (near-ties in f32 may legitimately flip a few).
+    """
+    import jax
+    import torch
+
+    from bench.hf import hf_model_from_params
+    from optiml_jax import decoding
+
+    cfg, m, params = _model_and_params(model, prompt_len + new_tokens, seed)
+    hf = hf_model_from_params(cfg, jax.tree.map(np.asarray, params))
+    dcfg = decoding.DecodeConfig(method="greedy", max_new_tokens=new_tokens)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for b in batch_sizes:
+        prompts = rng.integers(4, min(cfg.vocab_size, 50000), size=(b, prompt_len)).astype(np.int32)
+        prompts[:, 0] = cfg.bos_token_id
+        tok, seg, pos = decoding.left_pad([list(p) for p in prompts], pad_id=cfg.pad_token_id)
+        out: dict[str, Any] = {}
+
+        def ours():
+            out["ours"] = decoding.generate(m, params, tok, seg, pos, dcfg, eos_id=-1, pad_id=cfg.pad_token_id).tokens
+
+        ids = torch.from_numpy(prompts.astype(np.int64))
+
+        def reference():
+            with torch.inference_mode():
+                out["hf"] = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                        min_new_tokens=new_tokens, do_sample=False, num_beams=1,
+                                        pad_token_id=cfg.pad_token_id)[:, prompt_len:].numpy()
+
+        times = interleaved_times({"ours": ours, "hf": reference}, repeats=repeats, warmup=1)
+        n = b * new_tokens
+        o, h = summarize(times["ours"]), summarize(times["hf"])
+        rows.append({
+            "batch": b, "prompt_len": prompt_len, "new_tokens": new_tokens,
+            "ours": {**o, "tokens_per_s": n / o["median_s"]}, "hf": {**h, "tokens_per_s": n / h["median_s"]},
+            "ratio_ours_over_hf": ratio(n / o["median_s"], n / h["median_s"]),
+            "token_agreement": float(np.mean(out["ours"] == out["hf"])),
+        })
+    return {"model": model, "dtype": "float32", "rows": rows}
+
+
+def _rank_inputs(rng: np.random.Generator, vocab: int, bos: int, examples: int, candidates: int,
+                 prompt_lens: tuple[int, int], cand_lens: tuple[int, int]) -> tuple[list, list]:
+    prompts, cands = [], []
+    for _ in range(examples):
+        n = int(rng.integers(prompt_lens[0], prompt_lens[1] + 1))
+        prompts.append([bos] + rng.integers(4, vocab, size=n - 1).tolist())
+        cands.append([rng.integers(4, vocab, size=int(rng.integers(cand_lens[0], cand_lens[1] + 1))).tolist()
+                      for _ in range(candidates)])
+    return prompts, cands
+
+
+def hf_candidate_logprobs(hf: Any, prompts: Sequence[Sequence[int]], candidates: Sequence[Sequence[Sequence[int]]],
+                          *, pad_id: int, rows_per_batch: int = 32) -> list[list[np.ndarray]]:
+    """The reference: one HF forward over `prompt + candidate` per candidate (left-padded batches), then the
+    log-softmax of the logits at the candidate's positions."""
+    import torch
+
+    rows = [(i, list(p) + list(c), len(c)) for i, (p, cs) in enumerate(zip(prompts, candidates)) for c in cs]
+    result: list[list[np.ndarray]] = [[] for _ in prompts]
+    with torch.inference_mode():
+        for start in range(0, len(rows), rows_per_batch):
+            chunk = rows[start:start + rows_per_batch]
+            length = max(len(s) for _, s, _ in chunk)
+            ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), length), dtype=torch.long)
+            for r, (_, seq, _) in enumerate(chunk):
+                ids[r, length - len(seq):] = torch.tensor(seq)
+                mask[r, length - len(seq):] = 1
+            # HF derives positions from the attention mask's cumulative sum, so left padding is handled.
+            logp = torch.log_softmax(hf(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            for r, (i, seq, n) in enumerate(chunk):
+                targets = ids[r, length - n:]
+                lp = logp[r, length - n - 1:length - 1].gather(-1, targets[:, None])[:, 0]
+                result[i].append(lp.numpy().astype(np.float32))
+    return result
+
+
+def rank_classification(model: str, *, examples: int, candidates: int, prompt_lens: tuple[int, int],
+                        cand_lens: tuple[int, int], repeats: int, seed: int = 0) -> dict[str, Any]:
+    """Examples/s of `inference.candidate_logprobs` (prompt prefilled once, candidates from the KV cache) vs
+    the HF reference computing the same per-token log-likelihoods; also their largest disagreement."""
+    import jax
+
+    from bench.hf import hf_model_from_params
+    from optiml_jax import inference
+
+    cfg, m, params = _model_and_params(model, prompt_lens[1] + cand_lens[1] + 32, seed)
+    hf = hf_model_from_params(cfg, jax.tree.map(np.asarray, params))
+    prompts, cands = _rank_inputs(np.random.default_rng(seed), min(cfg.vocab_size, 50000), cfg.bos_token_id,
+                                  examples, candidates, prompt_lens, cand_lens)
+    out: dict[str, Any] = {}
+
+    def ours():
+        out["ours"] = inference.candidate_logprobs(m, params, prompts, cands, pad_id=cfg.pad_token_id,
+                                                   method="cache")
+
+    def reference():
+        out["hf"] = hf_candidate_logprobs(hf, prompts, cands, pad_id=cfg.pad_token_id)
+
+    times = interleaved_times({"ours": ours, "hf": reference}, repeats=repeats, warmup=1)
+    diff = max(float(np.max(np.abs(a - b))) for xs, ys in zip(out["ours"], out["hf"]) for a, b in zip(xs, ys))
+    agree = np.mean([int(np.argmax([x.sum() for x in xs])) == int(np.argmax([y.sum() for y in ys]))
+                     for xs, ys in zip(out["ours"], out["hf"])])
+    o, h = summarize(times["ours"]), summarize(times["hf"])
+    return {"model": model, "examples": examples, "candidates_per_example": candidates,
+            "prompt_lens": list(prompt_lens), "candidate_lens": list(cand_lens), "method": "cache",
+            "ours": {**o, "examples_per_s": examples / o["median_s"]},
+            "hf": {**h, "examples_per_s": examples / h["median_s"]},
+            "ratio_ours_over_hf": ratio(examples / o["median_s"], examples / h["median_s"]),
+            "max_abs_logprob_diff": diff, "prediction_agreement": float(agree)}

@@ -1,0 +1,121 @@
+"""Held-out evaluation (optiml_jax/evaluation.py): aggregation, reports, end-to-end run, resume, errors."""
+import json
+import os
+
+import jax
+import pytest
+
+from optiml_jax import evaluation, inference
+from optiml_jax.models.configs import get_config
+from optiml_jax.models.opt import OPTForCausalLM
+from optiml_jax.tokenizer import OPTVocabulary
+
+# A generation task (exact match) and a rank-classification task (accuracy) at two levels.
+TASKS = ("embedded_ni_cause_effect", "embedded_ni_analogy_opposites", "embedded_ps_sentiment")
+CFG = evaluation.EvalConfig(split="validation", split_definition="embedded", shots=(0, 2), tasks=TASKS,
+                            max_examples=3, max_new_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    model = OPTForCausalLM(get_config("tiny"))
+    params = model.init_params(jax.random.PRNGKey(0))
+    return inference.Predictor(model, params, OPTVocabulary.default(), batch_size=4, name="tiny")
+
+
+def unit(task, level, category, shots, score, bench="B"):
+    return {"task": task, "level": level, "category": category, "benchmark": bench, "metric": "rouge_l",
+            "num_shots": shots, "score": score, "num_examples": 5}
+
+
+def test_aggregate_follows_the_paper_and_renders():
+    rows = [
+        unit("t1", "fully_heldout", "A", 0, 10.0), unit("t1", "fully_heldout", "A", 5, 20.0),
+        unit("t2", "fully_heldout", "A", 0, 30.0), unit("t2", "fully_heldout", "A", 5, 40.0),
+        unit("t3", "fully_heldout", "B", 0, 90.0), unit("t3", "fully_heldout", "B", 5, 80.0),
+        unit("t4", "supervised", "C", 0, 50.0, bench="X"), unit("t4", "supervised", "C", 5, None, bench="X"),
+    ]
+    agg = evaluation.aggregate(rows, shots=(0, 5), name="m")
+    assert agg["categories"]["fully_heldout"]["A"]["scores"] == {"0": 20.0, "5": 30.0}
+    # A level averages its categories (not its tasks): (20 + 90) / 2, not (10 + 30 + 90) / 3.
+    assert agg["level_scores"]["fully_heldout"] == {"0": 55.0, "5": 55.0}
+    assert agg["level_scores"]["supervised"] == {"0": 50.0, "5": None}  # a unit without examples is left out
+    assert "partially_heldout" not in agg["level_scores"]
+    assert agg["overall"] == {"0": 52.5, "5": 55.0}
+    assert agg["combined"] == pytest.approx(53.75)
+    assert agg["benchmarks"]["B"]["scores"] == {"0": pytest.approx(130 / 3), "5": pytest.approx(140 / 3)}
+
+    other = evaluation.aggregate([dict(r, score=(r["score"] or 0) - 5) for r in rows], shots=(0, 5))
+    md = evaluation.markdown_report([agg, other], ["m", "base"], title="t")
+    assert "| **Fully held-out** | | 3 | **55.0 / 55.0** | **50.0 / 50.0** |" in md
+    assert "| | A | 2 | 20.0 / 30.0 | 15.0 / 25.0 |" in md
+    assert "| | C | 1 | 50.0 / - |" in md
+    gains = evaluation.level_gains(agg, other)
+    assert gains["fully_heldout"] == {"0": 5.0, "5": 5.0}
+    assert "Fully held-out: 0-shot +5.0, 5-shot +5.0" in evaluation.format_gains(gains, "m", "base")
+
+
+def test_evaluate_end_to_end_and_resume(predictor, tmp_path, monkeypatch):
+    out = tmp_path / "ev"
+    agg = evaluation.evaluate(predictor, CFG, out, progress=False)
+    assert set(agg["tasks"]) == set(TASKS) and agg["reused_units"] == 0
+    assert agg["tasks"]["embedded_ni_cause_effect"]["level"] == "fully_heldout"
+    assert agg["tasks"]["embedded_ps_sentiment"]["level"] == "partially_heldout"
+    for task in TASKS:
+        for k in (0, 2):
+            recs = [json.loads(x) for x in (out / "predictions" / f"{task}.{k}shot.jsonl").read_text().splitlines()]
+            assert len(recs) == 3 and all(r["num_shots"] == k for r in recs)
+            summary = json.loads((out / "tasks" / f"{task}.{k}shot.json").read_text())
+            assert summary["score"] == pytest.approx(sum(r["score"] for r in recs) / 3)
+            if task == "embedded_ps_sentiment":  # candidates -> rank classification, accuracy
+                assert all(r["mode"] == "rank_classification" and r["prediction"] in r["candidates"] for r in recs)
+                assert all(len(r["candidate_scores"]) == len(r["candidates"]) for r in recs)
+            if task == "embedded_ni_analogy_opposites":
+                assert all(r["mode"] == "generation" for r in recs)
+    assert json.loads((out / "results.json").read_text())["overall"] == agg["overall"]
+    report = (out / "report.md").read_text()
+    assert "Fully held-out" in report and "0-shot / 2-shot" in report
+    assert (out / "categories.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Resume: drop one finished unit; only it is recomputed and the aggregates do not change.
+    os.remove(out / "tasks" / "embedded_ps_sentiment.2shot.json")
+    calls = []
+    real_score, real_generate = predictor.score, predictor.generate
+    monkeypatch.setattr(predictor, "score", lambda *a, **k: calls.append("score") or real_score(*a, **k))
+    monkeypatch.setattr(predictor, "generate", lambda *a, **k: calls.append("generate") or real_generate(*a, **k))
+    again = evaluation.evaluate(predictor, CFG, out, progress=False)
+    assert calls == ["score"] and again["reused_units"] == 5
+    assert again["overall"] == pytest.approx(agg["overall"])
+
+    # Another model (or other settings) in the same directory is refused rather than mixed in.
+    with pytest.raises(ValueError, match="holds results of another evaluation"):
+        evaluation.evaluate(predictor.untrained(seed=7), CFG, out, progress=False)
+
+
+def test_evaluate_models_compares_trained_and_untrained(predictor, tmp_path):
+    cfg = evaluation.EvalConfig(split="validation", split_definition="embedded", shots=(0,),
+                                tasks=TASKS[:1] + TASKS[2:], max_examples=2, max_new_tokens=2)
+    out = evaluation.evaluate_models([predictor, predictor.untrained(seed=1)], ["a", "b"], cfg, tmp_path,
+                                     progress=False)
+    assert set(out["gains"]) == {"fully_heldout", "partially_heldout", "average"}
+    assert os.path.isfile(tmp_path / "a" / "results.json") and os.path.isfile(tmp_path / "b" / "results.json")
+    assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    report = (tmp_path / "report.md").read_text()
+    assert "| Level | Category | Tasks | a | b |" in report and "Per-level gains of a over b" in report
+
+
+def test_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown evaluation task"):
+        evaluation.plan(evaluation.EvalConfig(split_definition="embedded", tasks=("no_such_task",)))
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        evaluation.plan(evaluation.EvalConfig(split_definition="embedded", tasks=TASKS[:1], levels=("supervised",)))
+    with pytest.raises(ValueError, match="split must be"):
+        evaluation.EvalConfig(split="train")
+    with pytest.raises(ValueError, match="unknown level"):
+        evaluation.EvalConfig(levels=("heldout",))
+    with pytest.raises(ValueError, match="shots"):
+        evaluation.EvalConfig(shots=(-1,))
+    with pytest.raises(FileNotFoundError, match="no evaluation results"):
+        evaluation.load_results(tmp_path)
+    with pytest.raises(ValueError, match="unknown metric"):
+        evaluation.metric_fn("bleu")
