@@ -56,7 +56,8 @@ def windowed_first_fit_fill(lengths: Sequence[int], max_length: int, window: int
 
 
 def measure_packing(*, seq_len: int, batch_size: int, num_batches: int, data_dir: str | None = None,
-                    windows: Sequence[int] = (8, 64), seed: int = 0) -> dict[str, Any]:
+                    windows: Sequence[int] = (4, 16), simulate_segments: int = 2000,
+                    seed: int = 0) -> dict[str, Any]:
     """Packs `num_batches` batches of the training mixture with `TrainInput` and reports real-token fractions,
     pipeline sequences/s, and what first-fit packing with a look-ahead would give on the same segments."""
     from optiml_jax import feature_converters as fc
@@ -84,14 +85,14 @@ def measure_packing(*, seq_len: int, batch_size: int, num_batches: int, data_dir
     lengths = []
     for src, tgt, _ in ti.iter_examples(0):
         lengths.append(fc.make_segment(src, tgt, bos_id=vocab.bos_id, eos_id=vocab.eos_id, max_length=seq_len).length)
-        if len(lengths) >= consumed:
+        if len(lengths) >= max(consumed, simulate_segments):
             break
     del first
     return {
         "data": data_dir or "embedded suite", "split": ti.bench.split_name, "num_tasks": len(ti.task_names),
         "seq_len": seq_len, "batch_size": batch_size, "batches_measured": num_batches - 1,
         "setup_s": setup_s, "real_token_fraction": float(np.mean(real)),
-        "loss_token_fraction": float(np.mean(loss)), "segments": consumed,
+        "loss_token_fraction": float(np.mean(loss)), "segments": consumed, "simulated_segments": len(lengths),
         "mean_segment_length": float(np.mean(lengths)), "pipeline_sequences_per_s": rows / elapsed,
         "pipeline_tokens_per_s": rows * seq_len / elapsed,
         "simulated_next_fit_fill": next_fit_fill(lengths, seq_len),

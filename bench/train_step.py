@@ -30,14 +30,16 @@ def synthetic_batch(vocab_size: int, batch: int, seq_len: int, seed: int = 0) ->
 class OursStep:
     """The project's Trainer on one device; calling it runs one optimizer step and waits for it."""
 
-    def __init__(self, config: Any, batch: int, seq_len: int, seed: int = 0):
+    def __init__(self, config: Any, batch: int, seq_len: int, seed: int = 0, *,
+                 mesh_shape: dict[str, int] | None = None, devices: Sequence[Any] | None = None):
         import jax
 
         from optiml_jax import partitioning, trainer
         from optiml_jax.models.opt import OPTForCausalLM
 
         self.config, self.batch_size, self.seq_len = config, batch, seq_len
-        mesh = partitioning.create_mesh({"data": 1}, jax.devices()[:1])
+        mesh = partitioning.create_mesh(mesh_shape or {"data": 1},
+                                        list(devices) if devices is not None else jax.devices()[:1])
         tcfg = trainer.TrainerConfig(optimizer=trainer.OptimizerConfig(learning_rate=1e-5, warmup_steps=0,
                                                                        total_steps=1000), seed=seed)
         self.trainer = trainer.Trainer(OPTForCausalLM(config), tcfg, mesh,
