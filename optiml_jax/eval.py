@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import gin
 
 from optiml_jax import gin_utils
+from optiml_jax.models import configs as _configs  # noqa: F401  (registers model_config for the gin files)
 from optiml_jax.tasks.schema import LEVELS
 
 # Fields that define the architecture: a checkpoint that differs in any of them is another model.

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
 import os
 from typing import Any, Callable, Literal, Sequence
 
@@ -26,8 +25,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from optiml_jax import decoding
-
-logger = logging.getLogger(__name__)
 
 ScoreMethod = Literal["cache", "full"]
 

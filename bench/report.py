@@ -1,0 +1,150 @@
+"""The benchmark record: schema check and markdown rendering (pure functions of the JSON record)."""
+from __future__ import annotations
+
+from typing import Any
+
+SCHEMA_VERSION = 1
+SECTIONS: tuple[str, ...] = ("peak", "train_step", "mfu", "memory", "packing", "decoding", "rank_classification",
+                             "scaling", "paper_scale", "gpu")
+TOP_LEVEL: tuple[str, ...] = ("schema_version", "mode", "machine", "settings", "sections", "targets", "errors",
+                              "timings_s", "peak_rss_bytes")
+
+
+def validate_record(record: dict[str, Any]) -> list[str]:
+    """Problems with a benchmark record's structure (empty list = valid). Checks shape, never speed."""
+    problems = [f"missing top-level key {k!r}" for k in TOP_LEVEL if k not in record]
+    if problems:
+        return problems
+    if record["schema_version"] != SCHEMA_VERSION:
+        problems.append(f"schema_version {record['schema_version']!r} != {SCHEMA_VERSION}")
+    for key in ("cpu_model", "cores", "jax", "torch", "date", "platform"):
+        if key not in record["machine"]:
+            problems.append(f"machine.{key} missing")
+    for name in SECTIONS:
+        if name not in record["sections"] and name not in record["errors"]:
+            problems.append(f"section {name!r} neither present nor reported in errors")
+    for t in record["targets"]:
+        for key in ("name", "target", "value", "met", "status"):
+            if key not in t:
+                problems.append(f"target {t.get('name', '?')!r} lacks {key!r}")
+    return problems
+
+
+def _f(x: Any, fmt: str = "{:.3g}") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return fmt.format(x)
+    return str(x)
+
+
+def _gflops(x: float | None) -> str:
+    return "-" if x is None else f"{x / 1e9:.1f}"
+
+
+def render_markdown(record: dict[str, Any]) -> str:
+    """A human-readable report of a benchmark record (tables per section, targets first)."""
+    m, s = record["machine"], record["sections"]
+    out = [f"# optiml-jax benchmark ({record['mode']})", "",
+           f"{m.get('date')} on {m.get('cpu_model')} ({m.get('cores')} cores, platform {m.get('platform')}); "
+           f"jax {m.get('jax')}, flax {m.get('flax')}, torch {m.get('torch')}, transformers {m.get('transformers')}; "
+           f"load average at start {m.get('load_average_at_start')}; peak host RSS "
+           f"{record['peak_rss_bytes'] / 2**30:.2f} GiB; total {record['timings_s'].get('total', 0):.0f} s.", "",
+           "## Targets", "", "| target | goal | measured | status |", "|---|---|---|---|"]
+    for t in record["targets"]:
+        out.append(f"| {t['name']} | {t['target']} | {_f(t['value'])} | {t['status']} |")
+    if "peak" in s:
+        out += ["", "## Peak matmul (same run)", "", "| library | dtype | size | GFLOP/s (best) | GFLOP/s (median) |",
+                "|---|---|---|---|---|"]
+        for k, v in s["peak"].items():
+            if v:
+                out.append(f"| {k.split('_')[0]} | {v['dtype']} | {v['size']} | {_gflops(v['flops_per_s'])} | "
+                           f"{_gflops(v['median_flops_per_s'])} |")
+    if "train_step" in s:
+        t = s["train_step"]
+        out += ["", f"## Train step vs HF PyTorch ({t['model']}, batch {t['batch']} x {t['seq_len']}, f32, "
+                f"dropout {t['dropout']}, HF attention {t['hf_attn_implementation']})", "",
+                "| impl | median step (s) | best (s) | tokens/s |", "|---|---|---|---|",
+                f"| ours (jit) | {t['ours']['median_s']:.3f} | {t['ours']['best_s']:.3f} | {t['ours']['tokens_per_s']:.0f} |",
+                f"| HF | {t['hf']['median_s']:.3f} | {t['hf']['best_s']:.3f} | {t['hf']['tokens_per_s']:.0f} |",
+                "", f"Ratio ours/HF: **{_f(t['ratio_ours_over_hf'])}x**"]
+    if "mfu" in s:
+        out += ["", "## MFU of our train step (f32 peak of this run)", "",
+                "| model | seq | batch | step (s) | tokens/s | model GFLOP/s | MFU | best MFU |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in s["mfu"]:
+            out.append(f"| {r['model']} | {r['seq_len']} | {r['batch']} | {r['step']['median_s']:.3f} | "
+                       f"{r['tokens_per_s']:.0f} | {_gflops(r['model_flops_per_s'])} | {r['mfu']:.1%} | "
+                       f"{r['best_mfu']:.1%} |")
+    if "memory" in s:
+        mem = s["memory"]
+        out += ["", "## Memory", "", f"- peak host RSS: {record['peak_rss_bytes'] / 2**30:.2f} GiB",
+                f"- device memory: {mem.get('device') or 'n/a (CPU)'}"]
+        st = mem.get("step", {})
+        if "activation_bytes_per_token" in st:
+            out += [f"- {st['model']} at {st['seq_len']}: compiled step needs "
+                    f"{st['activation_bytes_per_token'] / 1024:.0f} KiB per token of temporaries beyond "
+                    f"{st['state_bytes'] / 2**20:.0f} MiB of train state; largest batch that fits "
+                    f"{st['memory_limit_bytes'] / 2**30:.1f} GiB: {st['largest_batch_that_fits']} sequences"]
+        elif st:
+            out.append(f"- step memory: {st.get('status')}")
+    if "packing" in s:
+        p = s["packing"]
+        ff = ", ".join(f"window {w}: {v:.1%}" for w, v in p["simulated_first_fit_fill"].items())
+        out += ["", f"## Packing ({p['data']}, split {p['split']}, {p['num_tasks']} tasks, length {p['seq_len']})", "",
+                f"- real (non-padding) tokens: **{p['real_token_fraction']:.1%}**; loss tokens "
+                f"{p['loss_token_fraction']:.1%}; mean segment {p['mean_segment_length']:.0f} tokens",
+                f"- pipeline: {p['pipeline_sequences_per_s']:.1f} packed sequences/s "
+                f"({p['pipeline_tokens_per_s']:.0f} tokens/s); training consumes "
+                f"{_f(p.get('train_sequences_per_s'))} sequences/s at this length "
+                f"(pipeline/step ratio {_f(p.get('pipeline_over_train'))})",
+                f"- same segments, simulated: in-order next-fit {p['simulated_next_fit_fill']:.1%}; "
+                f"first-fit with look-ahead {ff}"]
+    if "decoding" in s:
+        d = s["decoding"]
+        out += ["", f"## Greedy decoding vs HF generate ({d['model']}, f32)", "",
+                "| batch | prompt | new | ours tokens/s | HF tokens/s | ratio | token agreement |",
+                "|---|---|---|---|---|---|---|"]
+        for r in d["rows"]:
+            out.append(f"| {r['batch']} | {r['prompt_len']} | {r['new_tokens']} | {r['ours']['tokens_per_s']:.0f} | "
+                       f"{r['hf']['tokens_per_s']:.0f} | {_f(r['ratio_ours_over_hf'])} | {r['token_agreement']:.0%} |")
+    if "rank_classification" in s:
+        r = s["rank_classification"]
+        out += ["", f"## Rank classification ({r['model']}, {r['examples']} examples x {r['candidates_per_example']} "
+                f"candidates, prompts {r['prompt_lens']} tokens)", "",
+                f"- ours (KV cache): {r['ours']['examples_per_s']:.1f} examples/s; HF full forward: "
+                f"{r['hf']['examples_per_s']:.1f} examples/s; ratio **{_f(r['ratio_ours_over_hf'])}x**",
+                f"- max |log-prob difference| {r['max_abs_logprob_diff']:.2e}; same prediction "
+                f"{r['prediction_agreement']:.0%}"]
+    if "scaling" in s:
+        sc = s["scaling"]
+        out += ["", f"## Scaling on {sc['num_devices']} fake CPU devices ({sc['model']}, batch {sc['batch']} x "
+                f"{sc['seq_len']}; all devices share the same cores, ideal = 1.0)", "",
+                "| mesh | (data, fsdp, model) | step (s) | relative to one device |", "|---|---|---|---|"]
+        for name, r in sc["meshes"].items():
+            ms = r["mesh_shape"]
+            out.append(f"| {name} | ({ms['data']}, {ms['fsdp']}, {ms['model']}) | {r['step']['median_s']:.3f} | "
+                       f"{_f(r['relative_step_time'])} |")
+    if "paper_scale" in s:
+        ps = s["paper_scale"]
+        out += ["", f"## Paper-scale estimate ({ps['hardware']['name']}, length {ps['seq_len']})", "",
+                "| model | GPUs | TP | seqs/DP rank | step (s) est. | paper step (s) | paper-implied MFU | "
+                "GB/GPU (no accumulation) | microbatches to fit | GB/GPU then |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in ps["rows"]:
+            then = r["memory_total_with_microbatches_bytes"]
+            out.append(f"| {r['model']} | {r['gpus']} | {r['tensor_parallel']} | {r['sequences_per_dp_rank']:g} | "
+                       f"{r['step_time_s']:.1f} | {r['paper_step_time_s']:.1f} | {r['paper_implied_mfu']:.0%} | "
+                       f"{r['memory_total_per_gpu_bytes'] / 1e9:.1f} | {_f(r['microbatches_to_fit'])} | "
+                       f"{'-' if then is None else f'{then / 1e9:.1f}'} |")
+        out += ["", "Assumptions:"] + [f"- {a}" for a in ps["assumptions"]]
+    g = s.get("gpu")
+    out += ["", "## GPU-only measurements", ""]
+    if not g or g.get("status"):
+        out.append(f"{(g or {}).get('status', 'skipped: no GPU')}")
+    else:
+        out += ["| model | seq | batch | tokens/s | MFU (bf16 peak) |", "|---|---|---|---|---|"]
+        for r in g.get("mfu", []):
+            out.append(f"| {r['model']} | {r['seq_len']} | {r['batch']} | {r['tokens_per_s']:.0f} | {r['mfu']:.1%} |")
+    if record["errors"]:
+        out += ["", "## Errors", ""] + [f"- {k}: {v.splitlines()[-1] if v else v}" for k, v in record["errors"].items()]
+    return "\n".join(out) + "\n"
