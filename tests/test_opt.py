@@ -361,6 +361,8 @@ def test_sharded_forward_equals_unsharded(tiny):
     sharded = jax.jit(forward, in_shardings=(param_shardings, data, data),
                       out_shardings=NamedSharding(mesh, PartitionSpec("data", None, "model")))
     placed = jax.device_put(params, param_shardings)
-    out = sharded(placed, jax.device_put(ids, data), jax.device_put(segments, data))
+    # Under an active mesh the model's activation constraints (with_logical_constraint) take effect too.
+    with jax.set_mesh(mesh):
+        out = sharded(placed, jax.device_put(ids, data), jax.device_put(segments, data))
     assert placed["layers_0"]["fc1"]["kernel"].sharding.spec == PartitionSpec(None, "model")
     np.testing.assert_allclose(np.asarray(out), np.asarray(forward(params, ids, segments)), atol=1e-5, rtol=0)

@@ -68,6 +68,52 @@ def _partitioned(init: Any, names: tuple[str | None, ...]) -> Any:
     return nn.with_logical_partitioning(init, names)
 
 
+class _HeadsProjection(nn.Module):
+    """[..., embed] -> [..., heads, kv], kernel stored as [embed, heads, kv].
+
+    Declared with its final 3-D shape (not nn.DenseGeneral, which initialises a flat 2-D kernel and reshapes):
+    flax checks the logical names against the initialiser's shape when a mesh and axis rules are active.
+    """
+
+    features: tuple[int, int]
+    use_bias: bool
+    dtype: Any
+    param_dtype: Any
+    kernel_init: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", _partitioned(self.kernel_init, ("embed", "heads", "kv")),
+                            (x.shape[-1], *self.features), self.param_dtype)
+        y = jnp.einsum("...e,ehd->...hd", x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param("bias", _partitioned(nn.initializers.zeros, ("heads", "kv")), self.features,
+                              self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+class _HeadsOutput(nn.Module):
+    """[..., heads, kv] -> [..., embed], kernel stored as [heads, kv, embed] (see _HeadsProjection)."""
+
+    features: int
+    use_bias: bool
+    dtype: Any
+    param_dtype: Any
+    kernel_init: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", _partitioned(self.kernel_init, ("heads", "kv", "embed")),
+                            (*x.shape[-2:], self.features), self.param_dtype)
+        y = jnp.einsum("...hd,hde->...e", x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param("bias", _partitioned(nn.initializers.zeros, ("embed",)), (self.features,),
+                              self.param_dtype)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
 class OPTAttention(nn.Module):
     """Multi-head self-attention with an optional KV cache ("cache" collection)."""
 
@@ -81,11 +127,9 @@ class OPTAttention(nn.Module):
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
         kernel_init = nn.initializers.normal(cfg.init_std)
 
-        def projection(name: str) -> nn.DenseGeneral:
-            return nn.DenseGeneral(
-                features=(heads, head_dim), axis=-1, use_bias=cfg.enable_bias, dtype=dtype,
-                param_dtype=param_dtype, kernel_init=_partitioned(kernel_init, ("embed", "heads", "kv")),
-                bias_init=_partitioned(nn.initializers.zeros, ("heads", "kv")), name=name)
+        def projection(name: str) -> "_HeadsProjection":
+            return _HeadsProjection(features=(heads, head_dim), use_bias=cfg.enable_bias, dtype=dtype,
+                                    param_dtype=param_dtype, kernel_init=kernel_init, name=name)
 
         # HF scales the projected query before QK^T (not the scores); keep that order for bit-level parity.
         query = projection("q_proj")(x) * jnp.asarray(head_dim ** -0.5, dtype)
@@ -119,10 +163,8 @@ class OPTAttention(nn.Module):
             probs = nn.Dropout(rate=cfg.attention_dropout)(probs, deterministic=deterministic)
             out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), value)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-        out = nn.DenseGeneral(
-            features=cfg.hidden_size, axis=(-2, -1), use_bias=cfg.enable_bias, dtype=dtype,
-            param_dtype=param_dtype, kernel_init=_partitioned(kernel_init, ("heads", "kv", "embed")),
-            bias_init=_partitioned(nn.initializers.zeros, ("embed",)), name="out_proj")(out)
+        out = _HeadsOutput(features=cfg.hidden_size, use_bias=cfg.enable_bias, dtype=dtype,
+                           param_dtype=param_dtype, kernel_init=kernel_init, name="out_proj")(out)
         return out
 
 
