@@ -14,6 +14,9 @@ from typing import Any, Callable, Mapping
 # with 2 of its 12 layers so that a CPU step takes seconds, not minutes.
 BENCH_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny": ("tiny", {}),
+    # Schema smoke tests only: small vocabulary so that a step takes milliseconds (numbers are meaningless).
+    "micro": ("tiny", {"vocab_size": 1024, "hidden_size": 32, "ffn_dim": 64, "num_attention_heads": 4,
+                       "max_position_embeddings": 256}),
     "125m-2l": ("opt-125m", {"num_hidden_layers": 2}),
     "opt-125m": ("opt-125m", {}),
     "opt-350m": ("opt-350m", {}),

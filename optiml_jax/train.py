@@ -22,7 +22,6 @@ import os
 import pathlib
 import shutil
 import sys
-import time
 from collections.abc import Mapping
 from typing import Any
 

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -377,10 +377,3 @@ class StepTimer:
         mfu = self.flops_per_token * tps / self.peak_flops if self.peak_flops else float("nan")
         return {"step_time_s": dt, "tokens_per_s": tps, "mfu": mfu}
 
-
-def is_finite(x: float) -> bool:
-    """True for finite floats."""
-    return bool(np.isfinite(x))
-
-
-Callback = Callable[[int, dict], None]

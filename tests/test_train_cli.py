@@ -24,6 +24,15 @@ SMALL = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _clean_gin():
+    """In-process CLI calls leave a finalized gin config behind; later tests must start from a clean one."""
+    import gin
+
+    yield
+    gin.clear_config()
+
+
 def _env(devices: int = 1) -> dict:
     env = dict(os.environ)
     env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
@@ -161,4 +170,3 @@ def test_paper_recipes_parse_with_table3_settings():
         assert partitioning.resolve_mesh_shape(shape, devices)[2] == 8  # Megatron tensor parallel 8
     for name in ("opt_125m", "tiny_cpu"):
         gin_utils.parse_gin([f"gin/train/{name}.gin"], [])
-    gin.clear_config()

@@ -1,0 +1,113 @@
+"""Where our train step spends its time: `python -m bench.profile_step [--model 125m-2l --seq-len 512 ...]`.
+
+Times jitted pieces of the step side by side (round-robin, one process): forward loss, forward+backward with
+and without dropout, the tied LM head + cross-entropy alone, the embedding-gradient scatter alone, and the whole
+Trainer step (forward, backward, clipping, AdamW). Also prints the HF PyTorch step for reference. The results
+motivated the optimisations listed in bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+os.environ.setdefault("USE_TF", "0")
+
+
+def profile(model: str, *, seq_len: int, batch: int, repeats: int, prng: str = "threefry2x32",
+            include_hf: bool = True) -> dict[str, Any]:
+    """Median seconds of each piece of the step (see module docstring)."""
+    import jax
+
+    jax.config.update("jax_default_prng_impl", prng)
+    import jax.numpy as jnp
+    import numpy as np
+
+    from bench.common import bench_config, interleaved_times, setup_threads, summarize
+    from bench.train_step import HFStep, OursStep
+    from optiml_jax import trainer as tr
+
+    setup_threads()
+    cfg = bench_config(model, seq_len)
+    ours = OursStep(cfg, batch, seq_len)
+    params = jax.tree.map(jnp.copy, ours.state.params)  # the Trainer step donates its state
+    b = {k: jnp.asarray(v) for k, v in ours.batch.items()}
+    m = ours.trainer.model
+    rng = jax.random.PRNGKey(0)
+
+    def loss(p, deterministic):
+        logits = m.apply({"params": p}, b["decoder_input_tokens"], segment_ids=b["decoder_segment_ids"],
+                         positions=b["decoder_positions"], deterministic=deterministic,
+                         rngs=None if deterministic else {"dropout": rng})
+        s, w = tr.token_losses(logits, b["decoder_target_tokens"], b["decoder_loss_weights"])
+        return s / w
+
+    fwd = jax.jit(lambda p: loss(p, True))
+    grad_nodrop = jax.jit(jax.grad(lambda p: loss(p, True)))
+    grad_drop = jax.jit(jax.grad(lambda p: loss(p, False)))
+    emb = params["embed_tokens"]["embedding"]
+    h = jax.random.normal(rng, (batch, seq_len, cfg.word_embed_proj_dim), jnp.float32)
+
+    def head_loss(e, h):
+        logits = jnp.einsum("bld,vd->blv", h, e, preferred_element_type=jnp.float32)
+        s, w = tr.token_losses(logits, b["decoder_target_tokens"], b["decoder_loss_weights"])
+        return s / w
+
+    head = jax.jit(jax.grad(head_loss, argnums=(0, 1)))
+    scatter = jax.jit(jax.grad(lambda e: jnp.sum(jnp.take(e, b["decoder_input_tokens"], axis=0) * h)))
+    block = jax.block_until_ready
+    fns = {
+        "forward (loss, no dropout)": lambda: block(fwd(params)),
+        "forward+backward, no dropout": lambda: block(grad_nodrop(params)),
+        "forward+backward, dropout 0.1": lambda: block(grad_drop(params)),
+        "LM head + cross-entropy fwd+bwd": lambda: block(head(emb, h)),
+        "embedding lookup backward (scatter-add)": lambda: block(scatter(emb)),
+        "whole Trainer step": ours,
+    }
+    fns["whole Trainer step, bf16 compute"] = OursStep(cfg.replace(dtype="bfloat16"), batch, seq_len)
+    if include_hf:
+        fns["HF PyTorch step"] = HFStep(cfg, ours.params_numpy(), ours.batch)
+    a = jnp.ones((2048, 2048), jnp.float32)
+    mm = jax.jit(jnp.matmul)
+    fns["2048^3 f32 matmul (peak reference)"] = lambda: block(mm(a, a))
+    times = interleaved_times(fns, repeats=repeats, warmup=1)
+    out = {name: summarize(t)["median_s"] for name, t in times.items()}
+    tokens = batch * seq_len
+    fpt = cfg.flops_per_token(seq_len)
+    head = 6.0 * cfg.vocab_size * cfg.word_embed_proj_dim
+    flops = {"forward (loss, no dropout)": fpt / 3 * tokens, "forward+backward, no dropout": fpt * tokens,
+             "forward+backward, dropout 0.1": fpt * tokens, "LM head + cross-entropy fwd+bwd": head * tokens,
+             "whole Trainer step": fpt * tokens, "whole Trainer step, bf16 compute": fpt * tokens,
+             "HF PyTorch step": fpt * tokens, "2048^3 f32 matmul (peak reference)": 2.0 * 2048 ** 3}
+    gflops = {k: flops[k] / out[k] / 1e9 for k in out if k in flops}
+    return {"model": model, "seq_len": seq_len, "batch": batch, "prng": prng, "median_s": out,
+            "gflops_per_s": gflops, "tokens": tokens, "flops_per_token": fpt}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: prints the breakdown as a markdown table and JSON."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="125m-2l")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--prng", default="threefry2x32", choices=("threefry2x32", "rbg", "unsafe_rbg"))
+    p.add_argument("--no-hf", action="store_true")
+    args = p.parse_args(argv)
+    r = profile(args.model, seq_len=args.seq_len, batch=args.batch, repeats=args.repeats, prng=args.prng,
+                include_hf=not args.no_hf)
+    step = r["median_s"]["whole Trainer step"]
+    print(f"| piece ({r['model']}, {r['batch']}x{r['seq_len']}, prng {r['prng']}) | median s | share of step "
+          "| model GFLOP/s |")
+    print("|---|---|---|---|")
+    for name, t in r["median_s"].items():
+        g = r["gflops_per_s"].get(name)
+        print(f"| {name} | {t:.3f} | {t / step:.0%} | {'-' if g is None else f'{g:.0f}'} |")
+    print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
