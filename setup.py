@@ -40,7 +40,6 @@ setuptools.setup(
     version="0.1.0",
     description="OPT-IML instruction meta-learning: OPT in Flax, OPT-IML Bench as SeqIO tasks, a T5X-style trainer.",
     packages=setuptools.find_packages(include=["optiml_jax", "optiml_jax.*", "bench", "bench.*"]),
-    package_data={"optiml_jax": ["../gin/**/*.gin", "../tasks/*"]},
     python_requires=">=3.10",
     install_requires=RUNTIME,
     extras_require={"test": TEST},

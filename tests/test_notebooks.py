@@ -141,7 +141,7 @@ def test_quickstart(tmp_path, monkeypatch):
         assert (out / "comparison.png").is_file() and (out / "tiny_cpu" / "categories.png").is_file()
         assert f"# {split} evaluation" in markdown
     assert (work / "bench_tasks.png").is_file() and (work / "loss.png").is_file()
-    assert len(_outputs(nb, "image/png")) >= 2 + 3 * 2  # bench plot, loss curve, 3 figures per split
+    assert len(_outputs(nb, "image/png")) >= 2 + 2 * 2  # bench plot, loss curve, 2 figures per split
 
 
 def test_convert_and_evaluate_stand_in(tmp_path, monkeypatch):
