@@ -3,11 +3,14 @@
     python -m optiml_jax.eval --gin_file=gin/eval/tiny_cpu.gin [--gin.CHECKPOINT="'runs/tiny_cpu'"]
     python -m optiml_jax.eval --gin_file=gin/eval/optiml_validation.gin --gin.CHECKPOINT="'/ckpt/opt-iml-30b'"
     python -m optiml_jax.eval --gin_file=gin/eval/optiml_validation.gin --compare CKPT_A CKPT_B
+    python -m optiml_jax.eval --gin_file=gin/eval/bbh.gin --gin.CHECKPOINT="'/ckpt/opt-iml-max-30b'"
 
 Writes per-task predictions, results.json, report.md (paper layout) and figures under EVAL_OUTPUT_DIR, one
 sub-directory per model; a killed run picks up where it stopped. ``--compare A B`` evaluates two checkpoints
 and prints the per-level gains of A over B; ``run_eval.compare_untrained = True`` compares the checkpoint
-with its own random initialisation (same config and seed).
+with its own random initialisation (same config and seed). ``run_eval.protocol = 'bbh'`` evaluates BIG-Bench
+Hard instead (3-shot, answer-only and chain-of-thought, exact match) and writes the per-task table
+(report.md, summary.json, and per model bbh_report.md / bbh_results.json).
 """
 from __future__ import annotations
 
@@ -19,8 +22,13 @@ import gin
 
 from optiml_jax import gin_utils
 from optiml_jax.models import configs as _configs  # noqa: F401  (registers model_config for the gin files)
+# The task modules define gin configurables (data_dir, splits, mixture_config): import them before the gin
+# files are parsed, or a later lazy import would try to register them after gin's config is locked.
+from optiml_jax.tasks import catalogue as _catalogue, mixtures as _mixtures, splits as _splits  # noqa: F401,E402
 from optiml_jax.tasks.schema import LEVELS
 
+# Evaluation protocols of run_eval: the split's generalization levels, or BIG-Bench Hard (paper Table 14).
+PROTOCOLS = ("heldout", "bbh")
 # Fields that define the architecture: a checkpoint that differs in any of them is another model.
 ARCHITECTURE_FIELDS = (
     "vocab_size", "hidden_size", "num_hidden_layers", "ffn_dim", "num_attention_heads",
@@ -65,6 +73,9 @@ def run_eval(
     batch_size: int = 8,
     dtype: str | None = None,
     progress: bool = True,
+    protocol: str = "heldout",
+    bbh_modes: Sequence[str] = ("answer_only", "cot"),
+    answer_only_max_new_tokens: int = 64,
 ) -> dict:
     """Evaluates ``checkpoint`` (a checkpoint or a training run dir) on a held-out split; returns a summary.
 
@@ -80,15 +91,28 @@ def run_eval(
         different architecture is refused.
       batch_size: prompts per device call. dtype: compute dtype override (e.g. "bfloat16").
       progress: show a progress bar.
+      protocol: "heldout" (the split's three generalization levels) or "bbh" (BIG-Bench Hard, Table 14: uses
+        tasks, max_examples, max_new_tokens (chain of thought), answer_only_max_new_tokens, bbh_modes, seed,
+        data_dir; split, shots, levels and the split definition do not apply).
+      bbh_modes: BBH prompt modes, "answer_only" and/or "cot".
+      answer_only_max_new_tokens: BBH generation limit without chain of thought.
     """
     from optiml_jax import evaluation, inference
 
-    cfg = evaluation.EvalConfig(
-        split=split, shots=tuple(int(k) for k in shots), levels=tuple(levels),
-        tasks=tuple(tasks) if tasks is not None else None, max_tasks_per_level=max_tasks_per_level,
-        max_examples=max_examples, max_new_tokens=max_new_tokens, length_normalize=length_normalize,
-        seed=seed, data_dir=data_dir, split_definition=split_definition,
-    )
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"run_eval.protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "bbh":
+        cfg: Any = evaluation.BBHConfig(
+            modes=tuple(bbh_modes), tasks=tuple(tasks) if tasks is not None else None, max_examples=max_examples,
+            max_new_tokens=max_new_tokens, answer_only_max_new_tokens=answer_only_max_new_tokens, seed=seed,
+            data_dir=data_dir)
+    else:
+        cfg = evaluation.EvalConfig(
+            split=split, shots=tuple(int(k) for k in shots), levels=tuple(levels),
+            tasks=tuple(tasks) if tasks is not None else None, max_tasks_per_level=max_tasks_per_level,
+            max_examples=max_examples, max_new_tokens=max_new_tokens, length_normalize=length_normalize,
+            seed=seed, data_dir=data_dir, split_definition=split_definition,
+        )
     if not checkpoint:
         raise ValueError("no checkpoint to evaluate: bind CHECKPOINT (--gin.CHECKPOINT=\"'/path/to/ckpt'\")")
     ckpt = inference.resolve_checkpoint(checkpoint)
@@ -111,6 +135,12 @@ def run_eval(
         predictors.append(untrained)
         labels.append(untrained.name)
 
+    if protocol == "bbh":
+        out = evaluation.evaluate_bbh_models(predictors, labels, cfg, output_dir, progress=progress)
+        print(f"\nreport:  {out['report']}\nresults: {out['summary']}")
+        with open(out["report"]) as f:
+            print(f.read())
+        return {"labels": labels, **out}
     out = evaluation.evaluate_models(predictors, labels, cfg, output_dir, progress=progress)
     print(f"\nreport:  {out['report']}")
     for lab in labels:
@@ -169,6 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     def _main(args: gin_utils.GinArgs) -> int:
+        # The task layer registers its configurables (data_dir, the splits, mixture_config) on import; gin
+        # refuses new configurables once the config is parsed and locked, so import it first.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        from optiml_jax.tasks import catalogue, mixtures, splits  # noqa: F401
+
         bindings = list(args.gin_bindings)
         if pair:
             bindings += [("--compare", f"optiml_jax.eval.run_eval.checkpoint = {pair[0]!r}"),

@@ -32,6 +32,9 @@ from optiml_jax import gin_utils
 from optiml_jax import partitioning
 from optiml_jax import trainer as trainer_lib
 from optiml_jax.models import configs as model_configs  # registers the `model_config` configurable
+# The task modules define gin configurables (data_dir, splits, mixture_config): import them before the gin
+# files are parsed, or a later lazy import would try to register them after gin's config is locked.
+from optiml_jax.tasks import catalogue as _catalogue, mixtures as _mixtures, splits as _splits  # noqa: F401,E402
 
 logger = logging.getLogger("optiml_jax.train")
 
@@ -408,7 +411,8 @@ def _help() -> str:
 
 def _main(args: gin_utils.GinArgs) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the task layer imports TensorFlow (via seqio)
-    from optiml_jax.tasks import mixtures  # noqa: F401  (registers the `mixture_config` configurable)
+    # Registers the task layer's configurables (mixture_config, data_dir, the splits) before gin locks.
+    from optiml_jax.tasks import catalogue, mixtures, splits  # noqa: F401
 
     gin_utils.parse_gin(args.gin_files, args.gin_bindings, args.search_paths)
     try:
