@@ -22,9 +22,6 @@ import gin
 
 from optiml_jax import gin_utils
 from optiml_jax.models import configs as _configs  # noqa: F401  (registers model_config for the gin files)
-# The task modules define gin configurables (data_dir, splits, mixture_config): import them before the gin
-# files are parsed, or a later lazy import would try to register them after gin's config is locked.
-from optiml_jax.tasks import catalogue as _catalogue, mixtures as _mixtures, splits as _splits  # noqa: F401,E402
 from optiml_jax.tasks.schema import LEVELS
 
 # Evaluation protocols of run_eval: the split's generalization levels, or BIG-Bench Hard (paper Table 14).

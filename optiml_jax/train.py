@@ -32,9 +32,6 @@ from optiml_jax import gin_utils
 from optiml_jax import partitioning
 from optiml_jax import trainer as trainer_lib
 from optiml_jax.models import configs as model_configs  # registers the `model_config` configurable
-# The task modules define gin configurables (data_dir, splits, mixture_config): import them before the gin
-# files are parsed, or a later lazy import would try to register them after gin's config is locked.
-from optiml_jax.tasks import catalogue as _catalogue, mixtures as _mixtures, splits as _splits  # noqa: F401,E402
 
 logger = logging.getLogger("optiml_jax.train")
 
@@ -423,6 +420,10 @@ def _main(args: gin_utils.GinArgs) -> int:
     except trainer_lib.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except FileNotFoundError as e:
+        print(f"error: {e}\n(unset OPTIML_DATA_DIR to train on the embedded suite, or point it at a data folder "
+              "laid out as described in README.md, 'Real data')", file=sys.stderr)
+        return 2
     except Exception as e:
         # Errors from the data and model layers name their file/field; show them without a traceback wall.
         from optiml_jax.models.convert import CheckpointError as ConvertError

@@ -19,6 +19,10 @@ def _register_on_import() -> None:
         registry.register_all()
     except ImportError as err:  # a stripped-down install without the data layer or seqio
         _log.warning("optiml_jax.tasks: seqio registration skipped (%s)", err)
+    except (FileNotFoundError, ValueError) as err:
+        # A bad data dir must not make `import` itself fail (the CLIs report it with a clear message when they
+        # build their inputs); say so loudly instead of registering a partial benchmark.
+        _log.warning("optiml_jax.tasks: no tasks registered on import: %s", err)
 
 
 _register_on_import()
