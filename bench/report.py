@@ -69,13 +69,13 @@ def render_markdown(record: dict[str, Any]) -> str:
                 f"| HF | {t['hf']['median_s']:.3f} | {t['hf']['best_s']:.3f} | {t['hf']['tokens_per_s']:.0f} |",
                 "", f"Ratio ours/HF: **{_f(t['ratio_ours_over_hf'])}x**"]
     if "mfu" in s:
-        out += ["", "## MFU of our train step (f32 peak of this run)", "",
-                "| model | seq | batch | step (s) | tokens/s | model GFLOP/s | MFU | best MFU |",
-                "|---|---|---|---|---|---|---|---|"]
+        out += ["", "## MFU of our train step (peak matmul timed round-robin with each step)", "",
+                "| model | dtype | seq | batch | step (s) | tokens/s | model GFLOP/s | peak GFLOP/s | MFU | best MFU |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         for r in s["mfu"]:
-            out.append(f"| {r['model']} | {r['seq_len']} | {r['batch']} | {r['step']['median_s']:.3f} | "
-                       f"{r['tokens_per_s']:.0f} | {_gflops(r['model_flops_per_s'])} | {r['mfu']:.1%} | "
-                       f"{r['best_mfu']:.1%} |")
+            out.append(f"| {r['model']} | {r['dtype']} | {r['seq_len']} | {r['batch']} | {r['step']['median_s']:.3f} | "
+                       f"{r['tokens_per_s']:.0f} | {_gflops(r['model_flops_per_s'])} | "
+                       f"{_gflops(r['peak_flops_per_s'])} | {r['mfu']:.1%} | {r['best_mfu']:.1%} |")
     if "memory" in s:
         mem = s["memory"]
         out += ["", "## Memory", "", f"- peak host RSS: {record['peak_rss_bytes'] / 2**30:.2f} GiB",

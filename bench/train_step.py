@@ -149,29 +149,46 @@ def compare_with_hf(model: str, *, batch: int, seq_len: int, repeats: int,
     }
 
 
-def mfu_point(model: str, *, seq_len: int, tokens_per_step: int, repeats: int, peak_flops: float,
+def _matmul_callable(size: int, dtype: str):
+    """A zero-argument callable running one jitted [size, size]^2 matmul (f32 accumulation) to completion."""
+    import jax
+    import jax.numpy as jnp
+
+    dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
+    a = jax.device_put(jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32).astype(dt),
+                       jax.devices()[0])
+    mm = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
+    return lambda: mm(a).block_until_ready()
+
+
+def mfu_point(model: str, *, seq_len: int, tokens_per_step: int, repeats: int, peak_size: int,
               dtype: str = "float32", attention_kernel: str = "xla") -> dict[str, Any]:
     """Tokens/s and model-FLOPs utilisation of our train step for one (model, length).
 
     MFU = flops_per_token(seq_len) * tokens/s / peak, with the configs' PaLM-style FLOP count (6N + attention).
+    The peak is a [peak_size]^3 matmul in the step's compute dtype, timed round-robin with the step: on a shared
+    machine a peak measured minutes earlier can be off by 2x either way.
     """
     batch = max(1, tokens_per_step // seq_len)
     cfg = bench_config(model, seq_len, dtype=dtype, attention_kernel=attention_kernel)
     ours = OursStep(cfg, batch, seq_len)
-    times = interleaved_times({"ours": ours}, repeats=repeats, warmup=1)["ours"]
-    s = summarize(times)
-    tps = batch * seq_len / s["median_s"]
+    times = interleaved_times({"ours": ours, "peak": _matmul_callable(peak_size, dtype)},
+                              repeats=repeats, warmup=1)
+    s, pk = summarize(times["ours"]), summarize(times["peak"])
+    tokens = batch * seq_len
     fpt = cfg.flops_per_token(seq_len)
+    peak_flops = 2.0 * peak_size ** 3 / pk["median_s"]
     return {"model": model, "seq_len": seq_len, "batch": batch, "dtype": dtype,
             "attention_kernel": attention_kernel, "num_params": cfg.num_params(), "flops_per_token": fpt,
-            "step": s, "tokens_per_s": tps, "model_flops_per_s": fpt * tps, "mfu": fpt * tps / peak_flops,
-            "best_mfu": fpt * batch * seq_len / s["best_s"] / peak_flops}
+            "step": s, "tokens_per_s": tokens / s["median_s"], "model_flops_per_s": fpt * tokens / s["median_s"],
+            "peak_flops_per_s": peak_flops, "mfu": fpt * tokens / s["median_s"] / peak_flops,
+            "best_mfu": (fpt * tokens / s["best_s"]) / (2.0 * peak_size ** 3 / pk["best_s"])}
 
 
 def mfu_sweep(models: Sequence[str], seq_lens: Sequence[int], *, tokens_per_step: int, repeats: int,
-              peak_flops: float, **kwargs: Any) -> list[dict[str, Any]]:
+              peak_size: int, **kwargs: Any) -> list[dict[str, Any]]:
     """`mfu_point` for every (model, length)."""
-    return [mfu_point(m, seq_len=L, tokens_per_step=tokens_per_step, repeats=repeats, peak_flops=peak_flops,
+    return [mfu_point(m, seq_len=L, tokens_per_step=tokens_per_step, repeats=repeats, peak_size=peak_size,
                       **kwargs)
             for m in models for L in seq_lens]
 

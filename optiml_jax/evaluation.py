@@ -15,6 +15,10 @@ Outputs under ``output_dir``: ``predictions/<task>.<k>shot.jsonl``, ``tasks/<tas
 finished (task, shots) unit: a restarted evaluation skips those), ``results.json`` (aggregates), ``report.md``
 (the paper's table layout) and ``categories.png``. `evaluate_models` runs several models (e.g. trained vs its
 untrained initialisation) into sub-directories and adds a side-by-side report and ``comparison.png``.
+
+BIG-Bench Hard (section 6.1, Table 14) has its own protocol (`BBHConfig`, `evaluate_bbh`, `evaluate_bbh_models`):
+every test item of the 27 tasks, 3-shot with the task's own prompt examples with and without chain of thought,
+greedy generation, exact match on the extracted answer, reported per task and as the mean over tasks.
 """
 from __future__ import annotations
 
@@ -515,3 +519,204 @@ def load_results(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"no evaluation results at {path}: run the evaluation first")
     with open(path) as f:
         return json.load(f)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# BIG-Bench Hard (paper section 6.1, Table 14)
+# --------------------------------------------------------------------------------------------------------------
+
+BBH_MODE_TITLES = {"answer_only": "3-shot", "cot": "3-shot CoT"}
+
+
+@dataclasses.dataclass(frozen=True)
+class BBHConfig:
+    """The BBH protocol: every task's test items, 3-shot with its own prompt examples, answer-only and/or
+    chain-of-thought, greedy generation scored by exact match on the extracted answer.
+
+    Attributes:
+      modes: "answer_only" (demonstrations give the answer) and/or "cot" (they give rationale + answer; the
+        answer is read after the last "the answer is").
+      tasks: BBH task names (``bbh_<task>`` or just ``<task>``); None = all 27.
+      max_examples: items per task; None = all (the paper's test protocol).
+      max_new_tokens: generation limit in "cot" mode (rationales run to ~200 tokens).
+      answer_only_max_new_tokens: generation limit in "answer_only" mode (answers are short).
+      seed: selects the items when ``max_examples`` is set.
+      data_dir: the data directory holding ``bbh/`` (None = the environment's).
+    """
+
+    modes: tuple[str, ...] = ("answer_only", "cot")
+    tasks: tuple[str, ...] | None = None
+    max_examples: int | None = None
+    max_new_tokens: int = 256
+    answer_only_max_new_tokens: int = 64
+    seed: int = 0
+    data_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        from optiml_jax.tasks import pipeline
+
+        bad = [m for m in self.modes if m not in pipeline.BBH_MODES]
+        if bad or not self.modes or len(set(self.modes)) != len(self.modes):
+            raise ValueError(f"BBHConfig.modes: {list(self.modes)!r} must be distinct modes from "
+                             f"{sorted(pipeline.BBH_MODES)}")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError(f"BBHConfig.max_examples must be >= 1 or None, got {self.max_examples}")
+        for name in ("max_new_tokens", "answer_only_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"BBHConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    def new_tokens(self, mode: str) -> int:
+        """Generation limit of a mode."""
+        return self.max_new_tokens if mode == "cot" else self.answer_only_max_new_tokens
+
+    def unit_settings(self) -> dict:
+        """What a finished (task, mode) result depends on: a resumed run must match it."""
+        return {"protocol": "bbh", "max_examples": self.max_examples, "max_new_tokens": self.max_new_tokens,
+                "answer_only_max_new_tokens": self.answer_only_max_new_tokens, "seed": self.seed,
+                "data_dir": self.data_dir}
+
+
+def plan_bbh(cfg: BBHConfig) -> list[tuple[str, str]]:
+    """The (task, mode) units of a BBH evaluation in a stable order; validates the task names."""
+    from optiml_jax.tasks import pipeline
+
+    known = pipeline.bbh_task_names(cfg.data_dir)
+    if cfg.tasks is None:
+        names = known
+    else:
+        names = []
+        for t in cfg.tasks:
+            full = t if t.startswith(pipeline.BBH_PREFIX) else pipeline.BBH_PREFIX + t
+            if full not in known:
+                raise ValueError(f"unknown BBH task {t!r}; BBH tasks: {', '.join(n[len(pipeline.BBH_PREFIX):] for n in known)}")
+            if full not in names:
+                names.append(full)
+    return [(n, m) for n in names for m in cfg.modes]
+
+
+def evaluate_bbh_examples(predictor: Any, examples: Sequence[PromptedExample], mode: str, max_new_tokens: int
+                          ) -> tuple[float | None, list[dict]]:
+    """Generates greedily for one (task, mode) unit; returns (exact-match score 0-100, per-example records)."""
+    from optiml_jax.tasks import pipeline
+
+    if not examples:
+        return None, []
+    dcfg = decoding.DecodeConfig(method="greedy", max_new_tokens=max_new_tokens)
+    outputs = predictor.generate([ex.source for ex in examples], dcfg)
+    records = []
+    for ex, out in zip(examples, outputs):
+        answer = pipeline.bbh_extract_answer(out, mode=mode)
+        records.append({"id": ex.id, "task": ex.task, "mode": mode, "num_shots": ex.num_shots, "prompt": ex.source,
+                        "references": list(ex.references), "generation": out, "answer": answer,
+                        "score": pipeline.bbh_exact_match(answer, ex.references)})
+    return float(np.mean([r["score"] for r in records])), records
+
+
+def evaluate_bbh(predictor: Any, cfg: BBHConfig, output_dir: str | os.PathLike, *,
+                 units: Sequence[tuple[str, str]] | None = None, progress: bool = True) -> dict:
+    """Evaluates ``predictor`` on BIG-Bench Hard; returns and writes the per-task results.
+
+    Writes ``predictions/<task>.<mode>.jsonl``, ``tasks/<task>.<mode>.json`` (a restarted run skips finished
+    units), ``bbh_results.json`` and ``bbh_report.md`` (the per-task table) under ``output_dir``.
+    """
+    from optiml_jax.tasks import pipeline
+
+    output_dir = os.fspath(output_dir)
+    units = list(units) if units is not None else plan_bbh(cfg)
+    for sub in ("tasks", "predictions"):
+        os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
+    _check_run_meta(output_dir, {"model": predictor.name, "fingerprint": params_fingerprint(predictor.params),
+                                 "settings": cfg.unit_settings()})
+    bar = _progress(len(units), f"{predictor.name} BBH", progress)
+    unit_results, reused = [], 0
+    try:
+        for task, mode in units:
+            key = f"{safe_name(task)}.{mode}"
+            res_path = os.path.join(output_dir, "tasks", key + ".json")
+            if os.path.exists(res_path):
+                with open(res_path) as f:
+                    unit_results.append(json.load(f))
+                reused += 1
+                bar.update(1)
+                continue
+            bar.set_postfix_str(f"{task} {mode}")
+            t0 = time.time()
+            examples = pipeline.bbh_examples(task, mode=mode, max_examples=cfg.max_examples, seed=cfg.seed,
+                                             data_dir=cfg.data_dir)
+            score, records = evaluate_bbh_examples(predictor, examples, mode, cfg.new_tokens(mode))
+            pred_path = os.path.join(output_dir, "predictions", key + ".jsonl")
+            with open(pred_path + ".tmp", "w") as f:
+                for r in records:
+                    f.write(json.dumps(r) + "\n")
+            os.replace(pred_path + ".tmp", pred_path)
+            summary = {"task": task, "mode": mode, "score": score, "num_examples": len(records),
+                       "num_answered": sum(r["answer"] is not None for r in records),
+                       "seconds": round(time.time() - t0, 2)}
+            _write_json(res_path, summary)  # written last: marks the unit as done
+            unit_results.append(summary)
+            bar.update(1)
+    finally:
+        bar.close()
+    result = aggregate_bbh(unit_results, modes=cfg.modes, name=predictor.name)
+    result["reused_units"] = reused
+    result["truncated_prompts"] = int(getattr(predictor, "truncated_prompts", 0))
+    _write_json(os.path.join(output_dir, "bbh_results.json"), result)
+    with open(os.path.join(output_dir, "bbh_report.md"), "w") as f:
+        f.write(bbh_markdown_report([result], [predictor.name], title=f"BIG-Bench Hard: {predictor.name}"))
+    return result
+
+
+def aggregate_bbh(unit_results: Sequence[Mapping], *, modes: Sequence[str], name: str = "") -> dict:
+    """Per-task scores by mode and their unweighted mean over tasks (how BBH is reported)."""
+    tasks: dict[str, dict] = {}
+    for r in unit_results:
+        t = tasks.setdefault(r["task"], {"scores": {}, "num_examples": {}, "num_answered": {}})
+        t["scores"][r["mode"]] = r["score"]
+        t["num_examples"][r["mode"]] = r["num_examples"]
+        t["num_answered"][r["mode"]] = r.get("num_answered")
+    average = {m: _mean(t["scores"].get(m) for t in tasks.values()) for m in modes}
+    return {"name": name, "protocol": "bbh", "modes": list(modes), "tasks": dict(sorted(tasks.items())),
+            "average": average}
+
+
+def bbh_markdown_report(results: Sequence[Mapping], labels: Sequence[str], *, title: str = "") -> str:
+    """The per-task table: one row per BBH task, one column per (model, mode), the average over tasks last."""
+    modes = list(results[0]["modes"])
+    cols = [(i, m) for i in range(len(results)) for m in modes]
+    head = [f"{labels[i]}: {BBH_MODE_TITLES.get(m, m)}" if len(results) > 1 else BBH_MODE_TITLES.get(m, m)
+            for i, m in cols]
+    lines = [f"# {title}" if title else "", "",
+             "Exact match (0-100) on the generated answer; CoT answers are read after \"the answer is\".", "",
+             "| Task | Examples | " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(cols)]
+    names = sorted(set().union(*(r["tasks"].keys() for r in results)))
+    for n in names:
+        t0 = results[0]["tasks"].get(n, {})
+        count = max((v for v in t0.get("num_examples", {}).values() if v is not None), default=0)
+        cells = []
+        for i, m in cols:
+            s = results[i]["tasks"].get(n, {}).get("scores", {}).get(m)
+            cells.append("-" if s is None else f"{s:.1f}")
+        short = n[len("bbh_"):] if n.startswith("bbh_") else n
+        lines.append(f"| {short} | {count} | " + " | ".join(cells) + " |")
+    avg = ["-" if results[i]["average"].get(m) is None else f"**{results[i]['average'][m]:.1f}**" for i, m in cols]
+    lines.append(f"| **Average ({len(names)} tasks)** | | " + " | ".join(avg) + " |")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def evaluate_bbh_models(predictors: Sequence[Any], labels: Sequence[str], cfg: BBHConfig,
+                        output_dir: str | os.PathLike, *, progress: bool = True) -> dict:
+    """BBH for several models into ``output_dir/<label>/``, plus a side-by-side ``report.md`` and
+    ``summary.json`` (per-task scores of every model) in ``output_dir``."""
+    if len(predictors) != len(labels) or len(set(labels)) != len(labels):
+        raise ValueError("evaluate_bbh_models: give one distinct label per model")
+    output_dir = os.fspath(output_dir)
+    units = plan_bbh(cfg)
+    results = [evaluate_bbh(p, cfg, os.path.join(output_dir, safe_name(lab)), units=units, progress=progress)
+               for p, lab in zip(predictors, labels)]
+    report = os.path.join(output_dir, "report.md")
+    with open(report, "w") as f:
+        f.write(bbh_markdown_report(results, labels, title="BIG-Bench Hard"))
+    summary = os.path.join(output_dir, "summary.json")
+    _write_json(summary, {"protocol": "bbh", "labels": list(labels), "modes": list(cfg.modes),
+                          "results": dict(zip(labels, results)), "report": report})
+    return {"results": dict(zip(labels, results)), "report": report, "summary": summary}

@@ -55,8 +55,11 @@ def test_smoke_numbers_are_consistent(smoke_record):
     assert math.isclose(t["ratio_ours_over_hf"], t["ours"]["tokens_per_s"] / t["hf"]["tokens_per_s"])
     # Both sides trained the same weights on the same batch: their losses agree to dropout noise.
     assert abs(t["ours"]["final_loss"] - t["hf"]["final_loss"]) < 0.5
+    assert {r["dtype"] for r in s["mfu"]} == {"float32", "bfloat16"}
     for r in s["mfu"]:
-        assert r["mfu"] > 0 and math.isclose(r["model_flops_per_s"], r["flops_per_token"] * r["tokens_per_s"])
+        assert r["mfu"] > 0 and r["peak_flops_per_s"] > 0
+        assert math.isclose(r["model_flops_per_s"], r["flops_per_token"] * r["tokens_per_s"])
+        assert math.isclose(r["mfu"], r["model_flops_per_s"] / r["peak_flops_per_s"])
     # Greedy decoding of the same weights picks the same tokens; rank scores match HF's log-likelihoods.
     for r in s["decoding"]["rows"]:
         assert r["token_agreement"] >= 0.9
@@ -69,7 +72,8 @@ def test_smoke_numbers_are_consistent(smoke_record):
 
 def test_targets_report_status():
     sections = {"train_step": {"ratio_ours_over_hf": 2.0},
-                "mfu": [{"model": "125m-2l", "seq_len": 512, "mfu": 0.3}],
+                "mfu": [{"model": "125m-2l", "seq_len": 512, "dtype": "bfloat16", "mfu": 0.9},
+                        {"model": "125m-2l", "seq_len": 512, "dtype": "float32", "mfu": 0.3}],
                 "packing": {"real_token_fraction": 0.97}}
     by_name = {t["name"].split(" ")[0]: t for t in run.evaluate_targets(sections)}
     assert by_name["train"]["met"] is True and by_name["MFU,"]["met"] is False

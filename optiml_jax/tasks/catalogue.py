@@ -5,8 +5,9 @@ The table lives in ``tasks/catalogue.tsv`` and is generated from the facts in a 
     python -m optiml_jax.tasks.catalogue --build --data_dir /path/to/data
 
 It never holds definitions, templates or instances, only names, categories, metrics and counts.
-``load_catalogue`` reads the committed table, adds the procedurally generated embedded suite and the
-optional user rows of ``<data_dir>/jsonl/catalogue.tsv`` (for CrossFit, ExMix, T5, UnifiedSKG, ...).
+``load_catalogue`` reads the committed table, adds the procedurally generated embedded suite, the
+optional user rows of ``<data_dir>/jsonl/catalogue.tsv`` (for CrossFit, ExMix, T5, UnifiedSKG, ...) and,
+when a BIG-bench source is found (`bigbench_source`), its JSON tasks (benchmark "BIG-bench").
 
 Categories follow one unified taxonomy: Super-NaturalInstructions' 76 categories plus a few extra
 ones (``EXTRA_CATEGORIES``); every other benchmark's category label is mapped onto it through the
@@ -82,8 +83,9 @@ SUPERNI_CATEGORIES: tuple[str, ...] = (
     "Toxic Language Detection", "Translation", "Word Analogy", "Word Relation Classification",
     "Word Semantics", "Wrong Candidate Generation",
 )
-# Categories of other benchmarks with no SuperNI counterpart (the paper's union has > 100).
-EXTRA_CATEGORIES: tuple[str, ...] = ("Reasoning", "Code Repair")
+# Categories of other benchmarks with no SuperNI counterpart (the paper's union has > 100). "Logical
+# Reasoning" holds BIG-bench's deduction / puzzle / game tasks (tasks/bigbench_keywords.tsv).
+EXTRA_CATEGORIES: tuple[str, ...] = ("Reasoning", "Code Repair", "Logical Reasoning")
 TAXONOMY: tuple[str, ...] = SUPERNI_CATEGORIES + EXTRA_CATEGORIES
 
 # Other benchmarks' category labels -> unified category. SuperNI's coarser label wins where the
@@ -513,7 +515,8 @@ def write_table(rows: Iterable[CatalogueRow], path: str | os.PathLike) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _cached_rows(table_path: str, mtime_ns: int, extra_path: str | None,
-                 extra_mtime_ns: int) -> tuple[CatalogueRow, ...]:
+                 extra_mtime_ns: int, bigbench_key: tuple[str, int, int] | None = None
+                 ) -> tuple[CatalogueRow, ...]:
     rows = read_table(table_path)
     if extra_path is not None:
         names = {r.info.name for r in rows}
@@ -523,7 +526,76 @@ def _cached_rows(table_path: str, mtime_ns: int, extra_path: str | None,
                                      f"{table_path}; give user tasks new names")
             rows.append(r)
     rows.extend(embedded_rows())
+    if bigbench_key is not None:
+        names = {r.info.name for r in rows}
+        bb_rows = _bigbench_rows(bigbench_key).rows
+        clash = sorted(names & {r.info.name for r in bb_rows})
+        if clash:
+            raise CatalogueError(f"BIG-bench tasks {clash[:3]} clash with catalogue names; rename the user tasks")
+        rows.extend(bb_rows)
     return tuple(rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class BigBenchStatus:
+    """Whether BIG-bench joined the catalogue: its source, how many tasks, or why it was skipped."""
+
+    source: str | None
+    num_tasks: int = 0
+    error: str | None = None
+    rows: tuple[CatalogueRow, ...] = dataclasses.field(default=(), repr=False)
+
+    @property
+    def registered(self) -> bool:
+        return self.error is None and self.num_tasks > 0
+
+    def describe(self) -> str:
+        """One line for logs and error messages."""
+        if self.source is None:
+            return ("no BIG-bench source: run `python -m optiml_jax.data fetch bigbench` or put "
+                    "bigbench/bigbench_tasks_first50.jsonl.xz in the data directory")
+        if self.error is not None:
+            return f"BIG-bench skipped: {self.error}"
+        return f"BIG-bench: {self.num_tasks} tasks from {self.source}"
+
+
+def _bigbench_key(source) -> tuple[str, int, int] | None:
+    if source is None:
+        return None
+    st = source.stat()
+    return str(source), st.st_mtime_ns, st.st_size
+
+
+@functools.lru_cache(maxsize=4)
+def _bigbench_rows(key: tuple[str, int, int]) -> BigBenchStatus:
+    from optiml_jax.tasks import bigbench  # lazily: only when a source exists
+
+    try:
+        # bigbench_tasks builds the whole dict before returning: a bad source raises before anything is
+        # added, so the benchmark is either complete or absent (never half-registered).
+        infos = bigbench.bigbench_tasks(key[0])
+    except (bigbench.BigBenchError, OSError) as e:
+        log.warning("BIG-bench left out of the catalogue: %s", e)
+        return BigBenchStatus(source=key[0], error=str(e))
+    # The BIG-bench canary: evaluation-only data in its source benchmark; a split may waive this explicitly
+    # (splits.Split.train_eval_only_benchmarks, e.g. the "bigbench" split).
+    rows = tuple(CatalogueRow(info, source_split="eval_only") for info in infos.values())
+    return BigBenchStatus(source=key[0], num_tasks=len(rows), rows=rows)
+
+
+def bigbench_source(data_dir: str | os.PathLike | None = None) -> pathlib.Path | None:
+    """The BIG-bench source the catalogue uses: the fetched sdist (``<data_dir>``, ``$OPTIML_DATA_DIR`` or
+    ``~/.cache/optiml_jax``) if any, else ``<data_dir>/bigbench/bigbench_tasks_first50.jsonl.xz``, else None."""
+    from optiml_jax.tasks import bigbench
+
+    d = resolve_data_dir(data_dir)
+    return bigbench.find_archive(d) or (bigbench.find_first50(d) if d is not None else None)
+
+
+def bigbench_status(data_dir: str | os.PathLike | None = None) -> BigBenchStatus:
+    """Why BIG-bench is (or is not) in ``load_catalogue(data_dir)``."""
+    key = _bigbench_key(bigbench_source(data_dir))
+    return _bigbench_rows(key) if key is not None else BigBenchStatus(source=None)
 
 
 def embedded_rows() -> list[CatalogueRow]:
@@ -538,7 +610,8 @@ def embedded_rows() -> list[CatalogueRow]:
 def load_rows(data_dir: str | os.PathLike | None = None,
               table_path: str | os.PathLike | None = None) -> tuple[CatalogueRow, ...]:
     """All catalogue rows: the committed table, user rows of ``<data_dir>/jsonl/catalogue.tsv``,
-    and the embedded suite."""
+    the embedded suite and the BIG-bench tasks of `bigbench_source` (skipped with a logged reason when that
+    source is corrupt: see `bigbench_status`)."""
     table = pathlib.Path(table_path) if table_path else CATALOGUE_PATH
     if not table.is_file():
         raise FileNotFoundError(f"catalogue table {table} not found; generate it with "
@@ -546,7 +619,8 @@ def load_rows(data_dir: str | os.PathLike | None = None,
     d = resolve_data_dir(data_dir)
     extra = d / EXTRA_CATALOGUE_RELPATH if d is not None else None
     extra_s, extra_m = (str(extra), extra.stat().st_mtime_ns) if extra and extra.is_file() else (None, 0)
-    return _cached_rows(str(table), table.stat().st_mtime_ns, extra_s, extra_m)
+    return _cached_rows(str(table), table.stat().st_mtime_ns, extra_s, extra_m,
+                        _bigbench_key(bigbench_source(d)))
 
 
 def load_catalogue(data_dir: str | os.PathLike | None = None) -> dict[str, TaskInfo]:

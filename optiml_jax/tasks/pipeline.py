@@ -13,6 +13,7 @@ Everything that touches the data layer (catalogue, sources, splits) goes through
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import functools
 import hashlib
 import logging
@@ -24,6 +25,7 @@ import numpy as np
 from optiml_jax import feature_converters as fc
 from optiml_jax.tasks import mixtures as mx
 from optiml_jax.tasks import prompts
+from optiml_jax.tasks.prompts import BBH_MODES, bbh_exact_match, bbh_extract_answer  # noqa: F401 (re-exported)
 from optiml_jax.tasks.schema import LEVELS, Example, PromptedExample, TaskInfo
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,9 @@ class Bench:
       source_splits: task -> its split in its source benchmark (catalogue ``source_split``; missing = "train").
       roles: task -> role under this split definition (``splits.resolve``); missing = the catalogue's
         ``split_role`` column, which is the "optiml" split's.
+      trainable_eval_only: benchmark patterns whose evaluation-only data this split definition deliberately
+        trains on (``Split.train_eval_only_benchmarks``, e.g. BIG-bench under the "bigbench" split).
+      load_demos: TaskInfo -> the task's own prompt demonstrations (BBH's CoT prompts); None: none.
     """
 
     split_name: str
@@ -77,6 +82,8 @@ class Bench:
     heldout_category_splits: Mapping[str, str] = dataclasses.field(default_factory=dict)
     source_splits: Mapping[str, str] = dataclasses.field(default_factory=dict)
     roles: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    trainable_eval_only: tuple[str, ...] = ()
+    load_demos: Callable[[TaskInfo], list[Example]] | None = None
     _examples: dict[str, list[Example]] = dataclasses.field(default_factory=dict, repr=False)
     _train: dict[str, list[Example]] = dataclasses.field(default_factory=dict, repr=False)
 
@@ -94,6 +101,10 @@ class Bench:
         if name not in self._examples:
             self._examples[name] = list(self.load(self.info(name)))
         return self._examples[name]
+
+    def demonstrations(self, name: str) -> list[Example]:
+        """The task's own prompt demonstrations (BBH: the 3 chain-of-thought examples); [] when it has none."""
+        return list(self.load_demos(self.info(name))) if self.load_demos is not None else []
 
     def train_examples(self, name: str) -> list[Example]:
         """Examples a training task may be trained on (held-out instances removed; cached)."""
@@ -143,6 +154,8 @@ class Bench:
     def eval_only_reason(self, name: str) -> str | None:
         """Why a task's data may only be evaluated on (None: it may be trained on)."""
         info = self.info(name)
+        if any(fnmatch.fnmatchcase(info.benchmark, p) for p in self.trainable_eval_only):
+            return None
         source_split = self.source_splits.get(name, "train")
         if source_split in EVAL_ONLY_SOURCE_SPLITS:
             return f"source split {source_split!r} (evaluation-only data)"
@@ -235,7 +248,9 @@ def _bench_cached(data_dir: str | None, split: str, gin_config: str) -> Bench:
         is_heldout=resolved.is_heldout_instance, eval_instance_split=resolved.heldout_split_of,
         excluded=_read_exclusions(data_dir),
         heldout_category_splits={c: s for s, cats in resolved.heldout_categories.items() for c in cats},
-        source_splits=catalogue.source_splits(data_dir), roles=dict(resolved.roles))
+        source_splits=catalogue.source_splits(data_dir), roles=dict(resolved.roles),
+        trainable_eval_only=tuple(resolved.split.train_eval_only_benchmarks),
+        load_demos=lambda task: sources.load_demonstrations(task, data_dir))
 
 
 def get_bench(data_dir: str | os.PathLike | None = None, split: str | None = None) -> Bench:
@@ -535,3 +550,45 @@ def heldout_loss_batches(*, vocab: Any, batch_size: int, seq_len: int, split: st
         chunk += [fc.empty_row(seq_len, vocab.pad_id) for _ in range(batch_size - len(chunk))]
         batches.append(fc.stack_rows(chunk))
     return batches
+
+
+# ----------------------------------------------------------------------------------------------------------
+# BIG-Bench Hard (paper Table 14).
+
+BBH_BENCHMARK = "BBH"
+BBH_PREFIX = "bbh_"   # the 27 tasks of bbh/bbh/*.json (the superni_extra copies are SuperNI-formatted)
+BBH_SHOTS = 3
+
+
+def bbh_task_names(data_dir=None, *, bench: Bench | None = None) -> list[str]:
+    """The BBH tasks (``bbh_<task>``) of the catalogue, sorted."""
+    bench = bench or get_bench(data_dir)
+    return sorted(n for n, i in bench.catalogue.items() if i.benchmark == BBH_BENCHMARK and n.startswith(BBH_PREFIX))
+
+
+def bbh_examples(task_name: str, *, mode: str, max_examples: int | None = None, seed: int = 0, data_dir=None,
+                 bench: Bench | None = None) -> list[PromptedExample]:
+    """3-shot BBH prompts of one task in ``mode`` ("answer_only" or "cot"; see `prompts.render_bbh`).
+
+    The demonstrations are the task's own 3 CoT-prompt examples (``bbh/cot-prompts/<task>.txt``) for every test
+    item; ``max_examples`` keeps a seeded subset in file order (None: all, the paper's test protocol).
+    """
+    if mode not in BBH_MODES:
+        raise ValueError(f"BBH mode must be one of {sorted(BBH_MODES)}, got {mode!r}")
+    bench = bench or get_bench(data_dir)
+    info = bench.info(task_name)
+    if info.benchmark != BBH_BENCHMARK or not task_name.startswith(BBH_PREFIX):
+        raise ValueError(f"{task_name!r} is not a BBH task (benchmark {info.benchmark!r}); "
+                         f"BBH tasks: {bbh_task_names(bench=bench)[:3]} ...")
+    examples = bench.examples(task_name)
+    if not examples:
+        raise FileNotFoundError(
+            f"BBH task {task_name!r} has no data: expected bbh/bbh/{task_name[len(BBH_PREFIX):]}.json in the data "
+            f"directory ({bench.data_dir or 'none configured: set OPTIML_DATA_DIR'})")
+    demos = bench.demonstrations(task_name)
+    if len(demos) < BBH_SHOTS:
+        raise FileNotFoundError(
+            f"BBH task {task_name!r}: {len(demos)} prompt demonstrations, need {BBH_SHOTS}; expected "
+            f"bbh/cot-prompts/{task_name[len(BBH_PREFIX):]}.txt in {bench.data_dir}")
+    pool = _subsample(examples, max_examples, seed, task_name)
+    return [prompts.render_bbh(info, ex, demos[:BBH_SHOTS], mode=mode) for ex in pool]

@@ -12,12 +12,15 @@ Every prompt is an *instruction* (what the model conditions on) and an *output* 
   the same target form; `references` keep the raw strings for metrics.
 - Reasoning (CoT) tasks: the instruction asks for step-by-step reasoning and the target is the rationale
   followed by "The answer is <answer>." Pre-training style tasks: empty source, the whole text is the target.
+- BIG-Bench Hard (`render_bbh`): the 3-shot layout of BBH's own prompt files, with or without chain of thought;
+  `bbh_extract_answer` / `bbh_exact_match` read the answer back (paper Table 14: exact match).
 
 All functions are pure: randomness comes from a caller-provided ``numpy.random.Generator``.
 """
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Sequence
 
 import numpy as np
@@ -192,3 +195,88 @@ def render_train(
             if cand.id != example.id and len(demos) < num_shots:
                 demos.append(cand)
     return render(task, example, num_shots=len(demos), demos=demos, delimiter=delimiter, separator=separator)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# BIG-Bench Hard (Suzgun et al. 2022; OPT-IML Table 14): 3-shot prompts with and without chain of thought, scored
+# by exact match on the generated answer.
+
+BBH_COT_TRIGGER = "Let's think step by step."
+BBH_ANSWER_MARKER = "So the answer is"
+# mode -> whether the demonstrations carry their chain of thought.
+BBH_MODES: dict[str, bool] = {"answer_only": False, "cot": True}
+_BBH_NEXT_QUESTION = re.compile(r"\n\s*Q:")
+_BBH_ANSWER_IS = re.compile(r"the answer is\s*", re.IGNORECASE)
+_BBH_OPTION = re.compile(r"\([A-Za-z]\)")
+
+
+def render_bbh(task: TaskInfo, example: Example, demos: Sequence[Example], *, mode: str) -> PromptedExample:
+    """The BBH prompt of one example: task description, the demonstrations as ``Q: ...\\nA: ...`` blocks, then
+    ``Q: <input>\\nA:``; in "cot" mode each demonstration answers with its rationale and "So the answer is X."
+    and the query ends with "A: Let's think step by step." (the layout of BBH's cot-prompts files).
+
+    ``demos`` are the task's own prompt demonstrations (`sources.load_demonstrations`), never its test items.
+    """
+    if mode not in BBH_MODES:
+        raise ValueError(f"BBH mode must be one of {sorted(BBH_MODES)}, got {mode!r}")
+    if not example.outputs:
+        raise ValueError(f"task {task.name!r}, example {example.id!r}: no outputs")
+    cot = BBH_MODES[mode]
+    blocks: list[str] = []
+    description = example.definition.strip() or next((d.definition.strip() for d in demos if d.definition), "")
+    if description:
+        blocks.append(description)
+    for d in demos:
+        if d.id == example.id:
+            raise ValueError(f"task {task.name!r}: example {example.id!r} cannot be its own demonstration")
+        answer = d.outputs[0].strip()
+        if cot:
+            rationale = d.rationale.strip()
+            if not rationale:
+                raise ValueError(f"task {task.name!r}: demonstration {d.id!r} has no rationale for the 'cot' mode")
+            if not rationale.startswith(BBH_COT_TRIGGER):
+                rationale = f"{BBH_COT_TRIGGER} {rationale}"
+            answer = f"{rationale} {BBH_ANSWER_MARKER} {answer.rstrip('.')}."
+        blocks.append(f"Q: {d.input.strip()}\nA: {answer}")
+    blocks.append(f"Q: {example.input.strip()}\nA:" + (f" {BBH_COT_TRIGGER}" if cot else ""))
+    return PromptedExample(
+        task=task.name, id=example.id, source="\n\n".join(blocks), target=format_target(example.outputs[0]),
+        references=tuple(o.strip() for o in example.outputs), num_shots=len(demos), benchmark=task.benchmark)
+
+
+def bbh_extract_answer(generation: str, *, mode: str) -> str | None:
+    """The answer in a BBH generation: cut where the model starts a new "Q:", then (cot) the text after the last
+    "the answer is" (case-insensitive; None when the phrase is missing), first line only, without a final
+    period."""
+    if mode not in BBH_MODES:
+        raise ValueError(f"BBH mode must be one of {sorted(BBH_MODES)}, got {mode!r}")
+    text = _BBH_NEXT_QUESTION.split(generation, 1)[0]
+    if BBH_MODES[mode]:
+        hits = list(_BBH_ANSWER_IS.finditer(text))
+        if not hits:
+            return None
+        text = text[hits[-1].end():]
+    lines = text.strip().splitlines()
+    return lines[0].strip().rstrip(".").strip() if lines else ""
+
+
+def _bbh_normalize(text: str) -> str:
+    return " ".join(text.strip().rstrip(".").split()).lower()
+
+
+def bbh_exact_match(answer: str | None, references: Sequence[str]) -> float:
+    """100.0 when the extracted answer equals a reference (case and whitespace aside), else 0.0.
+
+    Punctuation is kept (Dyck-language answers are all brackets). A reference that is an option letter "(X)"
+    also matches an answer that starts with "(X)" and goes on with the option's text.
+    """
+    if answer is None:
+        return 0.0
+    pred = _bbh_normalize(answer)
+    for ref in references:
+        want = _bbh_normalize(ref)
+        if pred == want:
+            return 100.0
+        if _BBH_OPTION.fullmatch(want) and pred[:3] == want and _BBH_OPTION.match(pred):
+            return 100.0
+    return 0.0

@@ -12,6 +12,11 @@ e.g. "-" -> ":2d:"):
   tf.data pipeline per task and be ~300x slower.
 - Evaluation mixtures ``optiml_<split>`` (split = validation|test) with sub-mixtures ``optiml_<split>_<level>``,
   ``optiml_<split>_<k>shot`` and ``optiml_<split>_<level>_<k>shot``: seqio.Mixtures over the k-shot tasks.
+- BIG-Bench Hard (when the data dir holds ``bbh/``): ``optiml.bbh_<task>.3shot_<mode>`` (mode answer_only|cot,
+  split "test", the paper's Table 14 prompts; predictions post-processed to the extracted answer, scored by
+  exact match) in the mixtures ``optiml_bbh_3shot_answer_only``, ``optiml_bbh_3shot_cot`` and ``optiml_bbh``.
+- BIG-bench JSON tasks join as ``optiml.bigbench_<task>[.<subtask>]`` like every other catalogued task, whenever
+  the catalogue finds a BIG-bench source (`catalogue.bigbench_status`).
 
 Task features are ``inputs`` / ``targets`` token ids without BOS/EOS: `feature_converters.CausalLMFeatureConverter`
 adds both. Metrics come from `optiml_jax.metrics` by the task's metric.
@@ -56,6 +61,57 @@ def _metric_fns(info: TaskInfo):
     if info.metric != "rouge_l":
         fns.append(metrics.seqio_rouge_l)  # paper: Rouge-L is reported for every generation-style score
     return fns
+
+
+BBH_MIXTURE = "optiml_bbh"
+
+
+def bbh_seqio_name(task_name: str, mode: str) -> str:
+    """seqio name of a BBH task's 3-shot prompts in one mode."""
+    return f"{seqio_name(task_name)}.{pipeline.BBH_SHOTS}shot_{mode}"
+
+
+def _bbh_postprocessor(mode: str):
+    def postprocess(output: Any, example=None, is_target: bool = False) -> str:
+        del example
+        text = output.decode("utf-8") if isinstance(output, bytes) else str(output)
+        if is_target:
+            return text.strip()
+        answer = pipeline.bbh_extract_answer(text, mode=mode)
+        return "" if answer is None else answer  # no answer: scores 0 (targets are never empty)
+
+    return postprocess
+
+
+def bbh_exact_match_metric(targets: Sequence[str], predictions: Sequence[str]) -> dict[str, float]:
+    """seqio metric: mean BBH exact match (0-100) of extracted answers against the targets."""
+    if len(targets) != len(predictions):
+        raise ValueError(f"bbh_exact_match_metric: {len(targets)} targets but {len(predictions)} predictions")
+    scores = [pipeline.bbh_exact_match(p or None, [t]) for t, p in zip(targets, predictions)]
+    return {"exact_match": sum(scores) / len(scores) if scores else 0.0}
+
+
+def _bbh_dataset_fn(bench: pipeline.Bench, name: str, mode: str):
+    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
+        del shuffle_files, seed  # in-memory source; the protocol uses every test item
+        if split != "test":
+            raise ValueError(f"{bbh_seqio_name(name, mode)}: only the 'test' split exists, got {split!r}")
+        return _string_dataset(pipeline.bbh_examples(name, mode=mode, bench=bench))
+
+    return dataset_fn
+
+
+def _bbh_tasks_with_data(bench: pipeline.Bench) -> list[str]:
+    if bench.data_dir is None:
+        return []
+    from optiml_jax.tasks import sources
+
+    out = []
+    for name in pipeline.bbh_task_names(bench=bench):
+        path = sources.task_path(bench.info(name), bench.data_dir)
+        if path is not None and path.is_file():
+            out.append(name)
+    return out
 
 
 def _string_dataset(prompted):
@@ -147,10 +203,11 @@ def register_all(data_dir: str | None = None, split: str | None = None, *, vocab
                           if any(name in bench.eval_tasks.get((s, lv), ()) for lv in LEVELS)]
                    for name in bench.catalogue}
 
-    def add_task(name: str, source, metric_fns, preprocessors, shuffle_buffer_size=seqio.SHUFFLE_BUFFER_SIZE):
+    def add_task(name: str, source, metric_fns, preprocessors, shuffle_buffer_size=seqio.SHUFFLE_BUFFER_SIZE,
+                 postprocess_fn=None):
         _registered[name] = seqio.TaskRegistry.add(
             name, source=source, output_features=features, preprocessors=preprocessors,
-            metric_fns=metric_fns, shuffle_buffer_size=shuffle_buffer_size)
+            metric_fns=metric_fns, shuffle_buffer_size=shuffle_buffer_size, postprocess_fn=postprocess_fn)
 
     tokenize = [seqio.preprocessors.tokenize]
     for name, info in sorted(bench.catalogue.items()):
@@ -177,6 +234,17 @@ def register_all(data_dir: str | None = None, split: str | None = None, *, vocab
                         groups.setdefault(key, []).append(member)
         for mix, members in groups.items():
             _registered[mix] = seqio.MixtureRegistry.add(mix, sorted(set(members)), default_rate=1.0)
+
+    bbh_members: dict[str, list[str]] = {}
+    for name in _bbh_tasks_with_data(bench):
+        for mode in pipeline.BBH_MODES:
+            member = bbh_seqio_name(name, mode)
+            add_task(member, seqio.FunctionDataSource(_bbh_dataset_fn(bench, name, mode), splits=["test"]),
+                     [bbh_exact_match_metric], tokenize, postprocess_fn=_bbh_postprocessor(mode))
+            bbh_members.setdefault(f"{BBH_MIXTURE}_{pipeline.BBH_SHOTS}shot_{mode}", []).append(member)
+            bbh_members.setdefault(BBH_MIXTURE, []).append(member)
+    for mix, members in bbh_members.items():
+        _registered[mix] = seqio.MixtureRegistry.add(mix, sorted(members), default_rate=1.0)
     logger.info("registered %d seqio tasks and mixtures (split %s)", len(_registered), bench.split_name)
     return list(_registered)
 

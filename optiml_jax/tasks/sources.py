@@ -9,6 +9,9 @@ Layouts read from the data directory (``OPTIML_DATA_DIR``; see tasks/README.md):
   stored as the two characters backslash-n.
 * BIG-Bench Hard ``bbh/bbh/<task>.json`` (``{"examples": [{"input", "target"}]}``) with the task
   description and 3-shot CoT demonstrations of ``bbh/cot-prompts/<task>.txt``.
+* BIG-bench JSON tasks (benchmark "BIG-bench"): from the source `catalogue.bigbench_source` finds (the
+  fetched PyPI sdist, else ``bigbench/bigbench_tasks_first50.jsonl.xz``), through
+  `optiml_jax.tasks.bigbench`; no data directory is needed when the sdist is in ``~/.cache/optiml_jax``.
 * T0 / PromptSource rendered examples ``t0_p3/*.jsonl.xz``: ``{"template", "input", "target"}`` per
   line; one task per dataset, instance-level (the instruction is inside ``input``). Each P3 template
   name is matched to its entry in ``promptsource/templates/<dataset>[/<subset>]/templates.yaml``:
@@ -846,10 +849,43 @@ def _native_path(task: TaskInfo, data: pathlib.Path) -> tuple[str, pathlib.Path]
     return None
 
 
+# --------------------------------------------------------------------------------------------
+# BIG-bench JSON tasks
+# --------------------------------------------------------------------------------------------
+BIGBENCH_BENCHMARK = "BIG-bench"
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_bigbench(source_key: tuple[str, int, int], task: str) -> tuple[tuple[Example, ...], LoadReport]:
+    from optiml_jax.tasks import bigbench
+
+    path = source_key[0]
+    try:
+        raw = bigbench.task_json(path, task)
+        metric = bigbench.metric_for(raw.get("metrics"), raw.get("preferred_score"),
+                                     where=f"{path}: BIG-bench task {task}")
+        exs, skipped = bigbench.examples_from_task_json(raw, task, metric)
+    except bigbench.BigBenchError as e:
+        raise DataError(str(e)) from e
+    report = LoadReport(task=task, path=path, loaded=len(exs), skipped=collections.Counter(skipped))
+    _finish(report)
+    return tuple(exs), report
+
+
+def _bigbench_source_key(data_dir: str | os.PathLike | None) -> tuple[str, int, int] | None:
+    src = cat.bigbench_source(data_dir)
+    if src is None:
+        return None
+    st = src.stat()
+    return str(src), st.st_mtime_ns, st.st_size
+
+
 def task_path(task: TaskInfo, data_dir: str | os.PathLike | None = None) -> pathlib.Path | None:
     """The file ``load_examples`` reads for ``task`` (None: embedded, or no data on disk)."""
     if task.benchmark in cat.EMBEDDED_BENCHMARKS:
         return None
+    if task.benchmark == BIGBENCH_BENCHMARK:
+        return cat.bigbench_source(data_dir)
     data = cat.resolve_data_dir(data_dir)
     if data is None:
         return None
@@ -872,6 +908,14 @@ def _load(task: TaskInfo, data_dir: str | os.PathLike | None) -> tuple[tuple[Exa
         from optiml_jax.tasks import embedded_suite
         exs = tuple(embedded_suite.embedded_examples(task.name))
         return exs, LoadReport(task=task.name, path="<embedded>", loaded=len(exs)), ()
+    if task.benchmark == BIGBENCH_BENCHMARK:
+        key = _bigbench_source_key(data_dir)
+        if key is None:
+            raise FileNotFoundError(
+                f"task {task.name!r} (BIG-bench): no BIG-bench source; run `python -m optiml_jax.data fetch "
+                f"bigbench` or set ${cat.DATA_DIR_ENV} to a folder with bigbench/bigbench_tasks_first50.jsonl.xz")
+        exs, report = _parse_bigbench(key, task.name)
+        return exs, report, ()
     data = cat.resolve_data_dir(data_dir)
     if data is None:
         raise FileNotFoundError(f"task {task.name!r} ({task.benchmark}) needs a data directory: "

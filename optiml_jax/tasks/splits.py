@@ -8,8 +8,9 @@ lists (``ResolvedSplit``). Three generalization levels (paper section 2.3, schem
 * ``supervised``: held-out instances of training tasks (chosen by a hash of the instance id, so
   the selection is deterministic and independent of file order).
 
-Named splits: ``"optiml"`` (the paper's, for the real benchmark) and ``"embedded"`` (the same
-three levels over the procedurally generated suite). ``custom_split`` builds others from gin
+Named splits: ``"optiml"`` (the paper's, for the real benchmark), ``"embedded"`` (the same
+three levels over the procedurally generated suite) and ``"bigbench"`` (the same three levels over
+the BIG-bench JSON tasks, which it alone trains on). ``custom_split`` builds others from gin
 bindings, e.g. ``custom_split.test_categories = ["Textual Entailment"]`` and
 ``--split=custom``; ``register_split`` adds more from code.
 """
@@ -53,6 +54,9 @@ class Split:
       exclude_source_overlap: drop training tasks built from the data source of an eval task
         (the paper's source-level de-duplication; 13-gram checks live in leakage.py).
       train_non_default_superni: train on SuperNI tasks outside the default English track.
+      train_eval_only_benchmarks: benchmarks whose evaluation-only data (catalogue ``source_split``
+        "eval_only", e.g. BIG-bench's canary) this split deliberately trains on; every other split
+        keeps such tasks out of training.
     """
 
     name: str
@@ -71,6 +75,7 @@ class Split:
     exclude_tasks: tuple[str, ...] = ()
     exclude_source_overlap: bool = True
     train_non_default_superni: bool = False
+    train_eval_only_benchmarks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -227,7 +232,7 @@ def resolve(split: Split, catalogue: Mapping[str, TaskInfo] | None = None, *,
                 eval_cands[name] = ("test", "partially_heldout")
             else:
                 excluded[name] = "SuperNI official test task (never trained on)"
-        elif ss == "eval_only":
+        elif ss == "eval_only" and not _matches(t.benchmark, split.train_eval_only_benchmarks):
             excluded[name] = "evaluation-only data not selected by this split"
         else:
             train_cands.append(name)
@@ -326,6 +331,11 @@ OPTIML_VALIDATION_SUPERVISED = ("flan_squad_v1", "ps_squad_v1", "ps_blended_skil
                                 "ps_cnn_dailymail_3_0_0", "task075_squad1.1_answer_generation")
 
 
+# Benchmarks the paper's split leaves out: the embedded suite, and BIG-bench, whose tasks carry the
+# BIG-bench canary (evaluation data only; the paper evaluates on BBH, which is in scope).
+OPTIML_EXCLUDE_BENCHMARKS = ("Embedded-*", "BIG-bench")
+
+
 @gin.configurable
 def optiml_split(
     validation_categories: tuple[str, ...] = OPTIML_VALIDATION_CATEGORIES,
@@ -336,10 +346,15 @@ def optiml_split(
     test_supervised_fraction: float = 0.05,
     heldout_instance_fraction: float = 0.1,
     train_non_default_superni: bool = False,
+    exclude_benchmarks: tuple[str, ...] = OPTIML_EXCLUDE_BENCHMARKS,
 ) -> Split:
-    """The paper's split over the real benchmark (embedded tasks out of scope)."""
+    """The paper's split over the real benchmark (embedded tasks and BIG-bench out of scope).
+
+    Dropping "BIG-bench" from ``exclude_benchmarks`` evaluates its tasks of held-out categories; they are
+    never trained on (their catalogue ``source_split`` is "eval_only").
+    """
     return Split(
-        name="optiml", exclude_benchmarks=("Embedded-*",),
+        name="optiml", exclude_benchmarks=tuple(exclude_benchmarks),
         validation_categories=tuple(validation_categories), test_categories=tuple(test_categories),
         validation_tasks=tuple(validation_tasks), test_tasks=tuple(test_tasks),
         validation_supervised_tasks=tuple(validation_supervised_tasks),
@@ -382,6 +397,59 @@ def embedded_split(
         heldout_instance_fraction=heldout_instance_fraction)
 
 
+# The "bigbench" split: OPT-IML's three levels over the BIG-bench JSON tasks (categories from
+# tasks/bigbench_keywords.tsv). Validation holds out the BIG-bench counterparts of the paper's validation
+# categories (Table 12: Cause Effect Classification, Word Analogy, Stereotype Detection; BIG-bench has no
+# Grammar Error Correction); test holds out Word Semantics (as the paper's test split), Fact Verification
+# and Answerability Classification.
+BIGBENCH_VALIDATION_CATEGORIES = ("Cause Effect Classification", "Stereotype Detection", "Word Analogy")
+BIGBENCH_TEST_CATEGORIES = ("Answerability Classification", "Fact Verification", "Word Semantics")
+# Partially held-out: unseen tasks of seen categories, multiple-choice and generative (StrategyQA is also
+# one of the paper's partially held-out validation tasks).
+BIGBENCH_VALIDATION_TASKS = ("bigbench_strategyqa", "bigbench_irony_identification",
+                             "bigbench_simple_arithmetic_json", "bigbench_rephrase")
+BIGBENCH_TEST_TASKS = ("bigbench_hindu_knowledge", "bigbench_operators", "bigbench_logical_fallacy_detection",
+                       "bigbench_auto_categorization")
+# BIG-Bench Hard was built from these BIG-bench tasks (Suzgun et al. 2022): never trained on, so BBH stays a
+# held-out benchmark after training on this split.
+BBH_SOURCE_TASKS = tuple(f"bigbench_{t}" + suffix for t in (
+    "boolean_expressions", "causal_judgment", "date_understanding", "disambiguation_qa", "dyck_languages",
+    "formal_fallacies_syllogisms_negation", "geometric_shapes", "hyperbaton", "logical_deduction",
+    "movie_recommendation", "multistep_arithmetic", "navigate", "object_counting", "penguins_in_a_table",
+    "reasoning_about_colored_objects", "ruin_names", "salient_translation_error_detection", "snarks",
+    "sports_understanding", "temporal_sequences", "tracking_shuffled_objects", "web_of_lies", "word_sorting",
+) for suffix in ("", ".*"))
+
+
+@gin.configurable
+def bigbench_split(
+    validation_categories: tuple[str, ...] = BIGBENCH_VALIDATION_CATEGORIES,
+    test_categories: tuple[str, ...] = BIGBENCH_TEST_CATEGORIES,
+    validation_tasks: tuple[str, ...] = BIGBENCH_VALIDATION_TASKS,
+    test_tasks: tuple[str, ...] = BIGBENCH_TEST_TASKS,
+    validation_supervised_tasks: tuple[str, ...] = (),
+    test_supervised_tasks: tuple[str, ...] = (),
+    validation_supervised_fraction: float = 0.02,
+    test_supervised_fraction: float = 0.02,
+    heldout_instance_fraction: float = 0.1,
+    exclude_tasks: tuple[str, ...] = BBH_SOURCE_TASKS,
+) -> Split:
+    """The three generalization levels over the BIG-bench JSON tasks (other benchmarks out of scope).
+
+    Trains on BIG-bench despite its canary (``train_eval_only_benchmarks``): select this split only to
+    study instruction tuning on BIG-bench itself, never to train a model evaluated elsewhere on BIG-bench.
+    """
+    return Split(
+        name="bigbench", benchmarks=("BIG-bench",), train_eval_only_benchmarks=("BIG-bench",),
+        validation_categories=tuple(validation_categories), test_categories=tuple(test_categories),
+        validation_tasks=tuple(validation_tasks), test_tasks=tuple(test_tasks),
+        validation_supervised_tasks=tuple(validation_supervised_tasks),
+        test_supervised_tasks=tuple(test_supervised_tasks),
+        validation_supervised_fraction=validation_supervised_fraction,
+        test_supervised_fraction=test_supervised_fraction,
+        heldout_instance_fraction=heldout_instance_fraction, exclude_tasks=tuple(exclude_tasks))
+
+
 @gin.configurable
 def custom_split(
     name: str = "custom",
@@ -411,7 +479,7 @@ def custom_split(
 
 
 _SPLITS: dict[str, Callable[[], Split]] = {
-    "optiml": optiml_split, "embedded": embedded_split, "custom": custom_split,
+    "optiml": optiml_split, "embedded": embedded_split, "bigbench": bigbench_split, "custom": custom_split,
 }
 
 
@@ -437,7 +505,16 @@ def get_split(name: str) -> Split:
 @functools.lru_cache(maxsize=16)
 def _resolved_cached(split_name: str, data_dir: str | None, gin_config: str) -> ResolvedSplit:
     del gin_config  # part of the cache key only: a new gin binding gives a new resolution
-    return resolve(get_split(split_name), data_dir=data_dir)
+    split = get_split(split_name)
+    result = resolve(split, data_dir=data_dir)
+    if split.train_eval_only_benchmarks and not result.train:
+        # A split made for an optional benchmark (e.g. "bigbench") is useless without it: say why it is missing.
+        from optiml_jax.tasks import catalogue as cat_mod
+
+        reason = (cat_mod.bigbench_status(data_dir).describe()
+                  if _matches("BIG-bench", split.train_eval_only_benchmarks) else "check the data directory")
+        raise SplitError(f"split {split_name!r} has no training tasks ({reason})")
+    return result
 
 
 def resolved(split_name: str, data_dir: str | os.PathLike | None = None) -> ResolvedSplit:
