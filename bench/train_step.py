@@ -72,23 +72,7 @@ class OursStep:
 
     def memory_analysis(self) -> dict[str, int]:
         """XLA's compiled-step memory analysis (argument/output/temp/alias bytes)."""
-        from optiml_jax import partitioning
-
-        tr = self.trainer
-        gb = tr.global_batch(self.batch)
-        # Lower against shapes only: nothing of the train state is allocated.
-        state = partitioning.with_shardings(tr.abstract_state, tr.state_shardings)
-        # Trainer exposes no public lowering hook; its jitted step and mesh context are what train_step runs,
-        # including its fallback to sharding propagation when the model's constraints fail under the mesh.
-        try:
-            with tr._context():
-                compiled = tr._train_step.lower(state, gb).compile()
-        except ValueError as e:
-            if not tr._mesh_context or "with_sharding_constraint" not in str(e):
-                raise
-            tr._mesh_context = False
-            with tr._context():
-                compiled = tr._train_step.lower(state, gb).compile()
+        compiled = self.trainer.compile_train_step(self.batch)
         ma = compiled.memory_analysis()
         if ma is None:
             return {}

@@ -2,9 +2,16 @@
 
 One example becomes one *segment*: ``[bos] + source + target + [eos]``. Inside a segment the model reads
 ``tokens[:-1]`` and predicts ``tokens[1:]``; the loss (label-loss) covers only predictions of target tokens,
-including the closing EOS. Segments are packed greedily, in stream order, into rows of ``max_length``
-positions; every row carries ``decoder_segment_ids`` (1, 2, ... per segment, 0 on padding) and
-``decoder_positions`` (0-based inside each segment) so the model can apply document attention.
+including the closing EOS. Segments are packed into rows of ``max_length`` positions by a bounded look-ahead
+first-fit (`plan_rows`): a window of the next ``window`` pending segments of the stream is kept, and a row is
+filled by taking, in stream order, every pending segment that still fits (the window is refilled from the
+stream after each take) until none fits. Every row carries ``decoder_segment_ids`` (1, 2, ... per segment, 0
+on padding) and ``decoder_positions`` (0-based inside each segment) so the model can apply document attention.
+
+In-order next-fit (``window=1``) leaves about 13% of the positions of a 2048-token row empty on the real
+OPT-IML mixture, whose segments average about 240 tokens with a long tail; a window of 16 fills about 99%.
+The packer's whole state between rows is the window itself, so a resumable reader only has to remember which
+stream positions are pending (`PackedRow.pending`).
 
 The numpy functions here are the single source of truth. `CausalLMFeatureConverter` exposes the same
 computation to seqio (it streams the tf.data examples through `iter_packed_rows`), so the trainer's fast
@@ -13,7 +20,7 @@ path (`optiml_jax.tasks.pipeline.TrainInput`) and ``seqio.get_dataset(...)`` pro
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -26,6 +33,10 @@ BATCH_KEYS: tuple[str, ...] = (
     "decoder_positions",
 )
 TASK_ID_KEY = "decoder_task_ids"
+
+# Look-ahead of the first-fit packer. Measured on the real mixture at 2048 positions: 1 (next-fit) 86.6% real
+# tokens, 4: 97.8%, 8: 98.7%, 16: 99.1%, 64: 99.5%; the state to checkpoint grows with it (one int per slot).
+DEFAULT_PACKING_WINDOW = 16
 
 # Truncation outcome of `make_segment`.
 NOT_TRUNCATED, SOURCE_TRUNCATED, TARGET_TRUNCATED = 0, 1, 2
@@ -126,6 +137,122 @@ def _write(row: dict[str, np.ndarray], start: int, segment_id: int, segment: Seg
     return end
 
 
+class RowPlan(NamedTuple):
+    """Which stream segments one packed row holds, and what is left pending for the next rows.
+
+    Attributes:
+      members: stream ordinals (0-based positions in the packer's input) of the row's segments, in row order
+        (always increasing).
+      pending: ordinals still in the look-ahead window after the row was closed, in stream order. Together
+        with the number of segments drawn so far this is the packer's entire state: restarting the packer on
+        ``pending`` followed by the rest of the stream continues identically.
+    """
+
+    members: tuple[int, ...]
+    pending: tuple[int, ...]
+
+
+class PackedRow(NamedTuple):
+    """One packed row (the ``decoder_*`` arrays, [max_length] each) with its `RowPlan` fields."""
+
+    row: dict[str, np.ndarray]
+    members: tuple[int, ...]
+    pending: tuple[int, ...]
+
+
+def check_window(window: int, name: str = "window") -> int:
+    """Validates a packing look-ahead (an int >= 1); the error names the argument."""
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError(f"{name} must be an int >= 1 (1 = in-order next-fit packing), got {window!r}")
+    return int(window)
+
+
+def plan_rows(
+    lengths: Iterable[int],
+    *,
+    max_length: int,
+    window: int = DEFAULT_PACKING_WINDOW,
+    pack: bool = True,
+) -> Iterator[RowPlan]:
+    """Bounded look-ahead first-fit packing of segment lengths; yields one `RowPlan` per row.
+
+    The packer keeps the next ``window`` segments of the stream pending. A row takes, in stream order, each
+    pending segment that fits in its remaining positions; after every take the window is refilled from the
+    stream, so the newcomer is a candidate for the same row. The row closes when no pending segment fits.
+    The oldest pending segment always opens the next row, so no segment waits more than ``window`` rows and
+    the stream order is kept up to that bounded reordering. ``window=1`` is in-order next-fit. With
+    ``pack=False`` each segment gets its own row, in order.
+
+    Pure and deterministic in ``lengths``; it draws from ``lengths`` lazily and never more than the window
+    needs, so it runs on endless streams.
+    """
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    window = check_window(window)
+    stream = iter(lengths)
+    drawn = 0
+    pending: list[tuple[int, int]] = []   # (ordinal, length), in stream order
+
+    def refill() -> None:
+        nonlocal drawn
+        while len(pending) < window:
+            try:
+                n = int(next(stream))
+            except StopIteration:
+                return
+            if not 1 <= n <= max_length:
+                raise ValueError(f"segment {drawn} has {n} positions, outside [1, max_length={max_length}]; "
+                                 "build segments with make_segment(..., max_length=...)")
+            pending.append((drawn, n))
+            drawn += 1
+
+    refill()
+    while pending:
+        used, members, i = 0, [], 0
+        while i < len(pending):
+            ordinal, n = pending[i]
+            if used + n > max_length:
+                i += 1
+                continue
+            del pending[i]
+            members.append(ordinal)
+            used += n
+            # Everything before i was already too long for less used space; the refill lands at the end,
+            # so scanning on from i visits the remaining candidates in stream order.
+            refill()
+            if not pack:
+                break
+        yield RowPlan(tuple(members), tuple(o for o, _ in pending))
+
+
+def pack_rows(
+    segments: Iterable[Segment],
+    *,
+    max_length: int,
+    pad_id: int = 0,
+    pack: bool = True,
+    with_tags: bool = False,
+    window: int = DEFAULT_PACKING_WINDOW,
+) -> Iterator[PackedRow]:
+    """Packs segments with `plan_rows` and writes the rows; yields `PackedRow` (row, members, pending).
+
+    Ordinals in ``members``/``pending`` count the segments drawn from ``segments`` (0-based). Segments longer
+    than ``max_length`` are an error: build them with `make_segment` and the same ``max_length``.
+    """
+    held: dict[int, Segment] = {}   # drawn but not yet written (at most `window`)
+
+    def lengths() -> Iterator[int]:
+        for ordinal, segment in enumerate(segments):
+            held[ordinal] = segment
+            yield segment.length
+
+    for plan in plan_rows(lengths(), max_length=max_length, window=window, pack=pack):
+        row, used = empty_row(max_length, pad_id, with_tags), 0
+        for segment_id, ordinal in enumerate(plan.members, start=1):
+            used = _write(row, used, segment_id, held.pop(ordinal))
+        yield PackedRow(row, plan.members, plan.pending)
+
+
 def iter_packed_rows(
     segments: Iterable[Segment],
     *,
@@ -133,30 +260,16 @@ def iter_packed_rows(
     pad_id: int = 0,
     pack: bool = True,
     with_tags: bool = False,
+    window: int = DEFAULT_PACKING_WINDOW,
 ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-    """Greedily packs segments, in order, into rows; yields ``(row, number_of_segments_in_row)``.
+    """`pack_rows` without the plan: yields ``(row, number_of_segments_in_row)``.
 
-    A row is closed as soon as the next segment does not fit in the remaining positions; that segment starts
-    the next row (no look-ahead, so the stream position after any row is exactly the segments consumed).
-    With ``pack=False`` every segment gets its own row (evaluation). Segments longer than ``max_length`` are
-    an error: build them with `make_segment` and the same ``max_length``.
+    With ``window > 1`` the segments of a row are not necessarily the next ones of the stream; callers that
+    resume a stream need `pack_rows` and its ``pending`` ordinals.
     """
-    row: dict[str, np.ndarray] | None = None
-    used = count = 0
-    for segment in segments:
-        if segment.length > max_length:
-            raise ValueError(
-                f"segment of {segment.length} positions exceeds max_length={max_length}; "
-                "build segments with make_segment(..., max_length=...)")
-        if row is not None and (not pack or used + segment.length > max_length):
-            yield row, count
-            row = None
-        if row is None:
-            row, used, count = empty_row(max_length, pad_id, with_tags), 0, 0
-        count += 1
-        used = _write(row, used, count, segment)
-    if row is not None:
-        yield row, count
+    for packed in pack_rows(segments, max_length=max_length, pad_id=pad_id, pack=pack, with_tags=with_tags,
+                            window=window):
+        yield packed.row, len(packed.members)
 
 
 def stack_rows(rows: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -174,29 +287,29 @@ def pack_segments(
     pad_id: int = 0,
     pack: bool = True,
     with_tags: bool = False,
-) -> tuple[dict[str, np.ndarray], int]:
-    """Packs segments into a batch; returns ``(batch, segments_consumed)``.
+    window: int = DEFAULT_PACKING_WINDOW,
+) -> tuple[dict[str, np.ndarray], list[RowPlan]]:
+    """Packs segments into a batch; returns ``(batch, plans)`` with one `RowPlan` per packed row.
 
-    With ``num_rows`` the batch has exactly that many rows (all-padding rows when the stream runs dry) and
-    only the segments placed in them count as consumed: the caller resumes its stream there. Without it,
-    every segment is packed.
+    With ``num_rows`` the batch has exactly that many rows (all-padding rows, without a plan, when the
+    stream runs dry) and the stream is read no further than those rows need: ``plans[-1].pending`` are the
+    segments drawn but not placed. Without it, every segment is packed.
     """
-    rows: list[dict[str, np.ndarray]] = []
-    consumed = 0
     if num_rows is not None and num_rows < 1:
         raise ValueError(f"num_rows must be >= 1, got {num_rows}")
-    if num_rows != 0:
-        for row, count in iter_packed_rows(
-                segments, max_length=max_length, pad_id=pad_id, pack=pack, with_tags=with_tags):
-            rows.append(row)
-            consumed += count
-            if num_rows is not None and len(rows) == num_rows:
-                break
+    rows: list[dict[str, np.ndarray]] = []
+    plans: list[RowPlan] = []
+    for packed in pack_rows(segments, max_length=max_length, pad_id=pad_id, pack=pack, with_tags=with_tags,
+                            window=window):
+        rows.append(packed.row)
+        plans.append(RowPlan(packed.members, packed.pending))
+        if num_rows is not None and len(rows) == num_rows:
+            break
     while num_rows is not None and len(rows) < num_rows:
         rows.append(empty_row(max_length, pad_id, with_tags))
     if not rows:
         rows.append(empty_row(max_length, pad_id, with_tags))
-    return stack_rows(rows), consumed
+    return stack_rows(rows), plans
 
 
 def pack_examples(
@@ -207,10 +320,11 @@ def pack_examples(
     max_length: int = 2048,
     pad_id: int = 0,
     pack: bool = True,
+    window: int = DEFAULT_PACKING_WINDOW,
 ) -> dict[str, np.ndarray]:
     """Convenience: ``(source_ids, target_ids)`` pairs -> one batch with every example (packed or not)."""
     segs = (make_segment(s, t, bos_id=bos_id, eos_id=eos_id, max_length=max_length) for s, t in examples)
-    batch, _ = pack_segments(segs, max_length=max_length, pad_id=pad_id, pack=pack)
+    batch, _ = pack_segments(segs, max_length=max_length, pad_id=pad_id, pack=pack, window=window)
     return batch
 
 
@@ -230,7 +344,10 @@ def _make_converter_class():
         Output per row: the five ``decoder_*`` features of docs/architecture.md (segment ids and positions
         in unpacked mode too, so the trainer sees one format). The row length is ``max_length`` when given,
         else ``task_feature_lengths["inputs"] + task_feature_lengths["targets"]``. Left truncation happens
-        here, so call ``get_dataset(..., trim_output_features=False)`` to keep long sources' endings.
+        here (task features longer than ``task_feature_lengths`` are accepted and truncated by
+        `make_segment`), so call ``get_dataset(..., trim_output_features=False)`` to keep long sources'
+        endings. ``packing_window`` is the first-fit look-ahead (`plan_rows`); keep it equal to the trainer's
+        `TrainInput` one for identical batches.
         """
 
         TASK_FEATURES = {
@@ -248,12 +365,23 @@ def _make_converter_class():
         PACKING_FEATURE_DTYPES: dict = {}
 
         def __init__(self, pack: bool = True, *, bos_id: int = 2, eos_id: int = 2, pad_id: int = 0,
-                     max_length: int | None = None, apply_length_check: bool = True):
+                     max_length: int | None = None, apply_length_check: bool = True,
+                     packing_window: int = DEFAULT_PACKING_WINDOW):
             super().__init__(pack=pack, use_custom_packing_ops=False, apply_length_check=apply_length_check,
                              bos_id=bos_id)
             if max_length is not None and max_length < 2:
                 raise ValueError(f"CausalLMFeatureConverter: max_length must be >= 2, got {max_length}")
+            self._window = check_window(packing_window, "CausalLMFeatureConverter: packing_window")
             self._eos_id, self._pad_id, self._max_length = eos_id, pad_id, max_length
+
+        def _validate_dataset(self, ds, expected_features, expected_lengths, strict, error_label):
+            # seqio would assert inputs/targets <= task_feature_lengths before conversion, but truncating long
+            # examples (from the left, keeping the target) is this converter's job, and with a look-ahead
+            # window one long example anywhere in the stream would abort the whole dataset. The packed
+            # output is still checked for exact lengths.
+            if error_label == "input_validation":
+                expected_lengths = {}
+            return super()._validate_dataset(ds, expected_features, expected_lengths, strict, error_label)
 
         def _row_length(self, task_feature_lengths: Mapping[str, int]) -> int:
             if self._max_length is not None:
@@ -266,12 +394,12 @@ def _make_converter_class():
 
         def _convert_features(self, ds, task_feature_lengths):
             length = self._row_length(task_feature_lengths)
-            bos, eos, pad, pack = self._bos_id, self._eos_id, self._pad_id, self.pack
+            bos, eos, pad, pack, window = self._bos_id, self._eos_id, self._pad_id, self.pack, self._window
 
             def rows():
                 segs = (make_segment(ex["inputs"], ex["targets"], bos_id=bos, eos_id=eos, max_length=length)
                         for ex in ds.as_numpy_iterator())
-                for row, _ in iter_packed_rows(segs, max_length=length, pad_id=pad, pack=pack):
+                for row, _ in iter_packed_rows(segs, max_length=length, pad_id=pad, pack=pack, window=window):
                     yield row
 
             signature = {

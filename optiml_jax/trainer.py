@@ -328,6 +328,13 @@ class Trainer:
         """One optimizer update on the global batch; ``state`` is donated. Returns device metrics (not synced)."""
         return self._call_jitted(self._train_step, state, self.global_batch(local_batch))
 
+    def compile_train_step(self, local_batch: Mapping[str, np.ndarray]) -> Any:
+        """The train step compiled for this batch's shapes against the abstract state (nothing allocated);
+        for XLA's cost and memory analyses (`compiled.memory_analysis()`)."""
+        state = partitioning.with_shardings(self.abstract_state, self.state_shardings)
+        with self._context():
+            return self._train_step.lower(state, self.global_batch(local_batch)).compile()
+
     def eval_loss(self, params: Any, local_batches: Iterable[Mapping[str, np.ndarray]]) -> float:
         """Token-weighted mean loss over batches (deterministic: no dropout)."""
         total, weight = 0.0, 0.0

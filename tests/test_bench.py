@@ -1,16 +1,11 @@
 """Performance suite: record schema and the pure helpers. Never asserts wall-clock numbers."""
 import json
 import math
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 
-# bench/ is a top-level folder of the repository, not part of the installed package.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-
-from bench import packing, paper_scale, report, run  # noqa: E402
+from bench import packing, paper_scale, report, run  # bench/ is importable from the repo root (pytest.ini)
 
 # Sections that compile several extra programs (slow on 2 shared cores) are covered by slow tests below.
 FAST_SECTIONS = ("peak", "train_step", "mfu", "packing", "decoding", "rank_classification", "gpu")

@@ -4,8 +4,9 @@
 position ``g`` as a pure function of ``(seed, g)``; prompts are rendered, tokenised in batches with the
 vocabulary's ``encode_batch`` (and cached per task/example/delimiter), and packed in numpy by
 `optiml_jax.feature_converters`. Host ``s`` of ``n`` reads global positions ``k * n + s`` (seqio ShardInfo
-semantics: disjoint, deterministic, and their interleaving is the single-host stream); the whole input state
-is the next local position ``k``.
+semantics: disjoint, deterministic, and their interleaving is the single-host stream). The packer looks ahead
+a bounded window of examples (first-fit, `feature_converters.plan_rows`), so the whole input state is the next
+local position ``k`` not yet drawn plus the local positions still pending in the window (a few ints).
 
 Everything that touches the data layer (catalogue, sources, splits) goes through `Bench`, built once per
 (data dir, split definition) by `get_bench`.
@@ -39,7 +40,9 @@ MAX_TRAIN_MIXTURE = "optiml_max_train"
 # "Reasoning" like trainable CoT tasks).
 EVAL_ONLY_BENCHMARKS = frozenset({"BBH", "BIG-bench"})
 EVAL_ONLY_SOURCE_SPLITS = frozenset({"eval_only", "test"})
-STATE_VERSION = 1
+# 2: adds the look-ahead window ("pending", "packing_window"). A version-1 state (in-order packing: nothing
+# pending) still restores; the packing from there on is the windowed one.
+STATE_VERSION = 2
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -301,7 +304,9 @@ class TrainInput:
     """Iterator of packed numpy batches of the training mixture (see module docstring).
 
     Each batch holds the feature-converter keys ([batch_size, seq_len]) plus ``decoder_task_ids`` (index into
-    `task_names`, -1 on padding; keep it on the host). `state()` / `restore()` resume exactly.
+    `task_names`, -1 on padding; keep it on the host). `state()` / `restore()` resume exactly, look-ahead
+    window included. ``packing_window`` is the first-fit look-ahead (1 = in-order next-fit packing); it is
+    part of the state, since another window packs the same stream differently.
     """
 
     def __init__(
@@ -319,6 +324,7 @@ class TrainInput:
         mixture_config: mx.MixtureConfig | None = None,
         bench: Bench | None = None,
         cache_size: int = 100_000,
+        packing_window: int = fc.DEFAULT_PACKING_WINDOW,
     ):
         if batch_size < 1:
             raise ValueError(f"TrainInput: batch_size must be >= 1, got {batch_size}")
@@ -326,6 +332,7 @@ class TrainInput:
             raise ValueError(f"TrainInput: seq_len must be >= 2, got {seq_len}")
         if num_shards < 1 or not 0 <= shard_index < num_shards:
             raise ValueError(f"TrainInput: need 0 <= shard_index < num_shards, got {shard_index}/{num_shards}")
+        self.packing_window = fc.check_window(packing_window, "TrainInput: packing_window")
         self.mixture = mixture
         self.vocab = vocab
         self.batch_size, self.seq_len = int(batch_size), int(seq_len)
@@ -341,8 +348,9 @@ class TrainInput:
         self.sampler = mx.MixtureSampler(self.rates.rates, seed=self.seed)
         self._cache: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
         self._cache_size = int(cache_size)
-        self.position = 0                      # next local stream index not yet placed in a batch
-        self._buffer: list[fc.Segment] = []    # segments for positions position, position + 1, ...
+        self.position = 0                      # next local stream index not yet drawn into the packing window
+        self._buffer: list[fc.Segment] = []    # tokenised ahead: segments for positions position, position + 1, ...
+        self._window: list[tuple[int, fc.Segment]] = []   # (local position, segment) pending, in stream order
         self._avg_len = 64.0
         self.num_truncated = {"source": 0, "target": 0}
 
@@ -368,7 +376,13 @@ class TrainInput:
 
     def _extend(self, count: int) -> None:
         start = self.position + len(self._buffer)
-        rendered = [self._render(k) for k in range(start, start + count)]
+        self._buffer.extend(self._encode(range(start, start + count)))
+
+    def _encode(self, positions: Sequence[int]) -> list[fc.Segment]:
+        """Segments of local positions (pure in (seed, shard, k)); one tokeniser call for the uncached ones."""
+        rendered = [self._render(k) for k in positions]
+        if not rendered:
+            return []
         pairs: list[tuple[np.ndarray, np.ndarray] | None] = [
             self._cache.get(key) if key is not None else None for _, _, key in rendered]
         todo = [i for i, pair in enumerate(pairs) if pair is None]
@@ -388,10 +402,11 @@ class TrainInput:
             assert pair is not None
             new.append(fc.make_segment(pair[0], pair[1], bos_id=self.vocab.bos_id, eos_id=self.vocab.eos_id,
                                        max_length=self.seq_len, tag=t))
-        self._buffer.extend(new)
         self._avg_len = 0.5 * self._avg_len + 0.5 * float(np.mean([s.length for s in new]))
+        return new
 
-    def _segments(self) -> Iterator[fc.Segment]:
+    def _fresh(self) -> Iterator[fc.Segment]:
+        """Segments from `position` on, tokenised ahead in chunks sized to about one batch."""
         i = 0
         while True:
             if i >= len(self._buffer):
@@ -405,7 +420,7 @@ class TrainInput:
         packing it with `feature_converters` gives exactly this input's batches. Independent of `position`."""
         worker = TrainInput.__new__(TrainInput)
         worker.__dict__.update(self.__dict__)
-        worker._buffer, worker.position = [], int(start)
+        worker._buffer, worker._window, worker.position = [], [], int(start)
         while True:
             worker._extend(chunk)
             for seg in worker._buffer:
@@ -419,44 +434,88 @@ class TrainInput:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batch, consumed = fc.pack_segments(
-            self._segments(), max_length=self.seq_len, num_rows=self.batch_size,
-            pad_id=self.vocab.pad_id, with_tags=True)
-        for seg in self._buffer[:consumed]:
-            if seg.truncated == fc.SOURCE_TRUNCATED:
-                self.num_truncated["source"] += 1
-            elif seg.truncated == fc.TARGET_TRUNCATED:
-                self.num_truncated["target"] += 1
-        del self._buffer[:consumed]
-        self.position += consumed
+        # The packer is restarted on (pending window, fresh stream) for every batch: its state between rows
+        # is exactly its window, so this continues the packing of the previous batch without a seam.
+        window = self._window
+        fresh = self._fresh()
+        drawn = 0
+
+        def stream() -> Iterator[fc.Segment]:
+            nonlocal drawn
+            for _, seg in window:
+                yield seg
+            for seg in fresh:
+                drawn += 1
+                yield seg
+
+        def locate(ordinal: int) -> tuple[int, fc.Segment]:
+            if ordinal < len(window):
+                return window[ordinal]
+            j = ordinal - len(window)
+            return self.position + j, self._buffer[j]
+
+        batch, plans = fc.pack_segments(stream(), max_length=self.seq_len, num_rows=self.batch_size,
+                                        pad_id=self.vocab.pad_id, with_tags=True, window=self.packing_window)
+        for plan in plans:
+            for ordinal in plan.members:
+                truncated = locate(ordinal)[1].truncated
+                if truncated == fc.SOURCE_TRUNCATED:
+                    self.num_truncated["source"] += 1
+                elif truncated == fc.TARGET_TRUNCATED:
+                    self.num_truncated["target"] += 1
+        self._window = [locate(o) for o in plans[-1].pending] if plans else []
+        del self._buffer[:drawn]
+        self.position += drawn
         return batch
 
     # -- checkpointing -----------------------------------------------------------------------------------
 
     def state(self) -> dict:
-        """Small JSON-serialisable position of this host's stream."""
+        """Small JSON-serialisable position of this host's stream: the next local position not yet drawn
+        (``position``) and the local positions pending in the packing window (``pending``, at most
+        ``packing_window`` ints)."""
         return {
             "version": STATE_VERSION, "mixture": self.mixture, "split": self.bench.split_name,
             "seed": self.seed, "shard_index": self.shard_index, "num_shards": self.num_shards,
-            "position": self.position, "tasks_digest": _digest(self.task_names),
+            "position": self.position, "pending": [k for k, _ in self._window],
+            "packing_window": self.packing_window, "tasks_digest": _digest(self.task_names),
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Resumes at a `state()`; refuses a state of another stream (mismatching field named)."""
         if not isinstance(state, Mapping) or "position" not in state:
             raise ValueError(f"TrainInput.restore: not a TrainInput state: {state!r}")
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"TrainInput.restore: state version {state.get('version')!r} != {STATE_VERSION}")
+        version = state.get("version")
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"TrainInput.restore: state version {version!r} is not 1 or {STATE_VERSION}")
         mine = self.state()
-        for key in ("mixture", "split", "seed", "shard_index", "num_shards", "tasks_digest"):
+        keys = ["mixture", "split", "seed", "shard_index", "num_shards", "tasks_digest"]
+        if version == STATE_VERSION:
+            keys.append("packing_window")
+        for key in keys:
             if state.get(key) != mine[key]:
                 raise ValueError(f"TrainInput.restore: state field {key!r} is {state.get(key)!r} but this input "
-                                 f"has {mine[key]!r} (different data, seed or sharding)")
+                                 f"has {mine[key]!r} (different data, seed, sharding or packing window)")
         position = state["position"]
-        if not isinstance(position, int) or position < 0:
-            raise ValueError(f"TrainInput.restore: position must be an int >= 0, got {position!r}")
-        self.position = position
+        if not _is_int(position) or position < 0:
+            raise ValueError(f"TrainInput.restore: state field 'position' must be an int >= 0, got {position!r}")
+        # Version 1 packed in order, so nothing was pending.
+        pending = state.get("pending") if version == STATE_VERSION else []
+        if (not isinstance(pending, Sequence) or isinstance(pending, str) or not all(_is_int(k) for k in pending)
+                or list(pending) != sorted(set(pending)) or (pending and not 0 <= pending[0] < pending[-1] + 1
+                                                              <= position)
+                or len(pending) > self.packing_window):
+            raise ValueError(
+                f"TrainInput.restore: state field 'pending' must be at most {self.packing_window} increasing ints "
+                f"in [0, position={position}), got {pending!r}")
+        pending = [int(k) for k in pending]
+        self.position = int(position)
         self._buffer = []
+        self._window = list(zip(pending, self._encode(pending)))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 # ----------------------------------------------------------------------------------------------------------
