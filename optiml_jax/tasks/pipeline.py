@@ -501,10 +501,10 @@ class TrainInput:
             raise ValueError(f"TrainInput.restore: state field 'position' must be an int >= 0, got {position!r}")
         # Version 1 packed in order, so nothing was pending.
         pending = state.get("pending") if version == STATE_VERSION else []
-        if (not isinstance(pending, Sequence) or isinstance(pending, str) or not all(_is_int(k) for k in pending)
-                or list(pending) != sorted(set(pending)) or (pending and not 0 <= pending[0] < pending[-1] + 1
-                                                              <= position)
-                or len(pending) > self.packing_window):
+        valid = (isinstance(pending, Sequence) and not isinstance(pending, str)
+                 and all(_is_int(k) for k in pending) and list(pending) == sorted(set(pending))
+                 and all(0 <= k < position for k in pending) and len(pending) <= self.packing_window)
+        if not valid:
             raise ValueError(
                 f"TrainInput.restore: state field 'pending' must be at most {self.packing_window} increasing ints "
                 f"in [0, position={position}), got {pending!r}")
