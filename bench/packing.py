@@ -19,7 +19,7 @@ def resolve_data_dir(data_dir: str | None = None) -> str | None:
 
 def next_fit_fill(lengths: Sequence[int], max_length: int) -> float:
     """Fraction of positions holding tokens when segments are packed in order, a row closing as soon as the
-    next segment does not fit (what `feature_converters.iter_packed_rows` does). Only closed rows count."""
+    next segment does not fit (`feature_converters.plan_rows` with window=1, the packer before the look-ahead). Only closed rows count."""
     rows, used = 0, 0
     filled = 0
     for n in lengths:

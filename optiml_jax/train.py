@@ -59,6 +59,7 @@ def train(
     seed: int = 0,
     mixture: str = "optiml_train",
     mixture_config: Any = None,
+    packing_window: int = 16,
     data_dir: str | None = None,
     split: str | None = None,
     tokenizer_dir: str | None = None,
@@ -86,6 +87,7 @@ def train(
       num_microbatches: gradient accumulation steps inside one optimizer step.
       seed: data order, dropout and (from scratch) initialisation.
       mixture, mixture_config, split: the training mixture (see optiml_jax.tasks.pipeline.TrainInput).
+      packing_window: look-ahead of the first-fit packer (1 = in-order packing); part of the resume state.
       data_dir: the real data folder; None uses $OPTIML_DATA_DIR, else the embedded suite.
       tokenizer_dir: tokenizer folder; None uses INIT_CHECKPOINT's tokenizer/, else GPT-2's vocabulary.
       partition: mesh shape and logical axis rules; checkpoint: save schedule; distributed: multi-host set-up.
@@ -147,7 +149,7 @@ def train(
     data = pipeline.TrainInput(
         mixture, vocab=vocab, batch_size=shard.local_batch_size, seq_len=seq_len, seed=seed,
         shard_index=shard.shard_index, num_shards=shard.num_shards, data_dir=data_dir, split=split,
-        mixture_config=mixture_config)
+        mixture_config=mixture_config, packing_window=packing_window)
     heldout = _heldout_rows(pipeline, vocab, batch_size, seq_len, data_dir, split, heldout_max_examples_per_task,
                             heldout_max_batches, seed, shard)
 
