@@ -68,14 +68,18 @@ def _partitioned(init: Any, names: tuple[str | None, ...]) -> Any:
     return nn.with_logical_partitioning(init, names)
 
 
-class _HeadsProjection(nn.Module):
-    """[..., embed] -> [..., heads, kv], kernel stored as [embed, heads, kv].
+class _EinsumDense(nn.Module):
+    """``einsum(spec, x, kernel) + bias`` with the kernel declared in its final shape under logical names.
 
-    Declared with its final 3-D shape (not nn.DenseGeneral, which initialises a flat 2-D kernel and reshapes):
-    flax checks the logical names against the initialiser's shape when a mesh and axis rules are active.
+    Used for the attention projections instead of nn.DenseGeneral, which initialises a flat 2-D kernel and
+    reshapes it: flax checks the logical names against the initialiser's shape when a mesh and axis rules are
+    active. The bias covers the kernel's trailing (output) dimensions.
     """
 
-    features: tuple[int, int]
+    spec: str
+    kernel_shape: tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+    bias_axes: tuple[str, ...]
     use_bias: bool
     dtype: Any
     param_dtype: Any
@@ -83,32 +87,12 @@ class _HeadsProjection(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", _partitioned(self.kernel_init, ("embed", "heads", "kv")),
-                            (x.shape[-1], *self.features), self.param_dtype)
-        y = jnp.einsum("...e,ehd->...hd", x.astype(self.dtype), kernel.astype(self.dtype))
+        kernel = self.param("kernel", _partitioned(self.kernel_init, self.kernel_axes), self.kernel_shape,
+                            self.param_dtype)
+        y = jnp.einsum(self.spec, x.astype(self.dtype), kernel.astype(self.dtype))
         if self.use_bias:
-            bias = self.param("bias", _partitioned(nn.initializers.zeros, ("heads", "kv")), self.features,
-                              self.param_dtype)
-            y = y + bias.astype(self.dtype)
-        return y
-
-
-class _HeadsOutput(nn.Module):
-    """[..., heads, kv] -> [..., embed], kernel stored as [heads, kv, embed] (see _HeadsProjection)."""
-
-    features: int
-    use_bias: bool
-    dtype: Any
-    param_dtype: Any
-    kernel_init: Any
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", _partitioned(self.kernel_init, ("heads", "kv", "embed")),
-                            (*x.shape[-2:], self.features), self.param_dtype)
-        y = jnp.einsum("...hd,hde->...e", x.astype(self.dtype), kernel.astype(self.dtype))
-        if self.use_bias:
-            bias = self.param("bias", _partitioned(nn.initializers.zeros, ("embed",)), (self.features,),
+            bias_shape = self.kernel_shape[len(self.kernel_shape) - len(self.bias_axes):]
+            bias = self.param("bias", _partitioned(nn.initializers.zeros, self.bias_axes), bias_shape,
                               self.param_dtype)
             y = y + bias.astype(self.dtype)
         return y
@@ -127,9 +111,11 @@ class OPTAttention(nn.Module):
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
         kernel_init = nn.initializers.normal(cfg.init_std)
 
-        def projection(name: str) -> "_HeadsProjection":
-            return _HeadsProjection(features=(heads, head_dim), use_bias=cfg.enable_bias, dtype=dtype,
-                                    param_dtype=param_dtype, kernel_init=kernel_init, name=name)
+        def projection(name: str) -> _EinsumDense:
+            return _EinsumDense(spec="...e,ehd->...hd", kernel_shape=(cfg.hidden_size, heads, head_dim),
+                                kernel_axes=("embed", "heads", "kv"), bias_axes=("heads", "kv"),
+                                use_bias=cfg.enable_bias, dtype=dtype, param_dtype=param_dtype,
+                                kernel_init=kernel_init, name=name)
 
         # HF scales the projected query before QK^T (not the scores); keep that order for bit-level parity.
         query = projection("q_proj")(x) * jnp.asarray(head_dim ** -0.5, dtype)
@@ -163,8 +149,9 @@ class OPTAttention(nn.Module):
             probs = nn.Dropout(rate=cfg.attention_dropout)(probs, deterministic=deterministic)
             out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), value)
         out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
-        out = _HeadsOutput(features=cfg.hidden_size, use_bias=cfg.enable_bias, dtype=dtype,
-                           param_dtype=param_dtype, kernel_init=kernel_init, name="out_proj")(out)
+        out = _EinsumDense(spec="...hd,hde->...e", kernel_shape=(heads, head_dim, cfg.hidden_size),
+                           kernel_axes=("heads", "kv", "embed"), bias_axes=("embed",), use_bias=cfg.enable_bias,
+                           dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init, name="out_proj")(out)
         return out
 
 
