@@ -48,15 +48,7 @@ def plot_categories(agg: Mapping, path: str | os.PathLike, *, title: str = "") -
         ax.set_title(LEVEL_TITLES.get(lv, lv), fontsize=10)
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("score (accuracy / Rouge-L / EM)")
-    axes[0][-1].legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path = os.fspath(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, axes, "score (accuracy / Rouge-L / EM)", title, path)
 
 
 def plot_comparison(
@@ -83,7 +75,12 @@ def plot_comparison(
         ax.set_title(f"{s}-shot", fontsize=10)
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("score")
+    return _save(fig, axes, "score", title, path)
+
+
+def _save(fig, axes, ylabel: str, title: str, path: str | os.PathLike) -> str:
+    """Labels, legend and title shared by every figure; writes the PNG and frees the figure."""
+    axes[0][0].set_ylabel(ylabel)
     axes[0][-1].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
