@@ -296,6 +296,26 @@ def fetch_bigbench(data_dir: str | os.PathLike | None = None, *, index_url: str 
         refetched = True
 
 
+def _derive_bbh_cli(data_dir: str | None, out_dir: str | None) -> int:
+    from optiml_jax.tasks import bbh
+    from optiml_jax.tasks.bigbench import BigBenchError, find_source
+
+    src = find_source(data_dir)
+    if src is None:
+        print(f"error: derive bbh: no BIG-bench source under --data_dir={data_dir!r} (run: python -m "
+              "optiml_jax.data fetch bigbench)", file=sys.stderr)
+        return 1
+    out = pathlib.Path(out_dir) if out_dir else user_cache_dir() / "bbh_derived"
+    try:
+        counts = bbh.derive_bbh(src, out)
+    except (bbh.BBHDeriveError, BigBenchError, OSError) as e:
+        print(f"error: derive bbh from {src}: {e}", file=sys.stderr)
+        return 1
+    print(f"{out}: {len(counts)} BBH tasks, {sum(counts.values())} examples from {src} "
+          f"(not derivable: {', '.join(sorted(bbh.NOT_DERIVABLE))})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m optiml_jax.data", description=__doc__.split("\n\n")[0])
@@ -309,7 +329,15 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("--force", action="store_true", help="delete what is there and fetch again")
     fetch.add_argument("--no_progress", action="store_true", help="no progress bars")
     fetch.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
+    derive = sub.add_parser("derive", help="build a benchmark's files from fetched data (bbh: from BIG-bench)")
+    derive.add_argument("dataset", choices=["bbh"], help="what to derive")
+    derive.add_argument("--data_dir", default=None,
+                        help="where the BIG-bench source is looked up (default: $OPTIML_DATA_DIR, else "
+                             "~/.cache/optiml_jax)")
+    derive.add_argument("--out_dir", default=None, help="output folder (default: ~/.cache/optiml_jax/bbh_derived)")
     args = parser.parse_args(argv)
+    if args.command == "derive":
+        return _derive_bbh_cli(args.data_dir, args.out_dir)
     if args.timeout <= 0:
         parser.error(f"--timeout must be > 0, got {args.timeout}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
