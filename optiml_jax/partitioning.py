@@ -219,6 +219,8 @@ class DistributedConfig:
 
     ``coordinator_address`` ("host:port"), ``num_processes``, ``process_id``: as in `jax.distributed.initialize`.
     ``cpu_collectives``: cross-process collectives backend on CPU ("gloo" or "mpi").
+    ``auto`` (or ``OPTIML_DISTRIBUTED=auto``): call `jax.distributed.initialize()` with no arguments so JAX
+    detects the cluster (Cloud TPU, SLURM, Open MPI).
     """
 
     coordinator_address: str | None = None
@@ -226,6 +228,7 @@ class DistributedConfig:
     process_id: int | None = None
     cpu_collectives: str = "gloo"
     initialization_timeout: int = 300
+    auto: bool = False
 
 
 _DISTRIBUTED_INITIALIZED = False
@@ -241,6 +244,13 @@ def maybe_initialize_distributed(config: DistributedConfig | None = None) -> boo
     if _DISTRIBUTED_INITIALIZED:
         return True
     config = config or DistributedConfig()
+    if config.auto or os.environ.get("OPTIML_DISTRIBUTED", "").lower() == "auto":
+        # Cloud TPU VMs, SLURM and Open MPI describe the cluster themselves: let JAX detect it.
+        jax.distributed.initialize(initialization_timeout=config.initialization_timeout)
+        _DISTRIBUTED_INITIALIZED = True
+        logger.info("jax.distributed initialised by auto-detection: process %d of %d", jax.process_index(),
+                    jax.process_count())
+        return True
     address = config.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     num = config.num_processes
     if num is None and os.environ.get("JAX_NUM_PROCESSES"):

@@ -101,3 +101,15 @@ def test_maybe_initialize_distributed_is_a_noop_without_configuration(monkeypatc
     with pytest.raises(ValueError, match="process_id=None must be set"):
         partitioning.maybe_initialize_distributed(partitioning.DistributedConfig(
             coordinator_address="127.0.0.1:1", num_processes=2))
+
+
+def test_auto_distributed_lets_jax_detect_the_cluster(monkeypatch):
+    """OPTIML_DISTRIBUTED=auto calls jax.distributed.initialize() without coordinator arguments."""
+    import jax
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(partitioning, "_DISTRIBUTED_INITIALIZED", False)
+    monkeypatch.setenv("OPTIML_DISTRIBUTED", "auto")
+    assert partitioning.maybe_initialize_distributed() is True
+    assert calls == [((), {"initialization_timeout": 300})]
