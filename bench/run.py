@@ -68,7 +68,7 @@ class Settings:
 
     @classmethod
     def quick(cls) -> "Settings":
-        """Tiny models and few repeats: the whole run in about 3 minutes on 2 cores."""
+        """Tiny models and few repeats: the whole run in under 2 minutes on a quiet 2-core CPU."""
         return cls(peak_size=1024, peak_repeats=3, train_model="tiny", train_seq_len=128, train_batch=4,
                    train_repeats=3, mfu_models=("tiny",), mfu_seq_lens=(128, 2048), mfu_tokens_per_step=2048,
                    mfu_bf16_points=(("tiny", 128),),
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI: `python -m bench.run [--quick] [--only SECTION ...] [--out-dir DIR]`."""
     p = argparse.ArgumentParser(prog="python -m bench.run", description="optiml-jax performance suite")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="tiny models, few repeats (about 3 minutes)")
+    size.add_argument("--quick", action="store_true", help="tiny models, few repeats (under 2 minutes on a quiet 2-core CPU)")
     size.add_argument("--smoke", action="store_true", help="schema check only (seconds; numbers meaningless)")
     p.add_argument("--only", nargs="+", metavar="SECTION", help=f"run only these sections: {report.SECTIONS}")
     p.add_argument("--out-dir", default=DEFAULT_OUT_DIR, help="where latest.json / latest.md go")
