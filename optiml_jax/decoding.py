@@ -195,12 +195,14 @@ def init_cache(model: Any, batch: int, max_length: int) -> Any:
 
 
 def _apply(model, params, cache, tokens, segments, positions):
+    # Only the last position's logits are used: prompts are left-padded, so it is every row's last prompt token.
     logits, mutated = model.apply(
         {"params": params, "cache": cache},
         tokens,
         segment_ids=segments,
         positions=positions,
         decode=True,
+        logits_to_keep=1,
         mutable=["cache"],
     )
     return logits.astype(jnp.float32), mutated["cache"]

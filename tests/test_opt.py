@@ -366,3 +366,12 @@ def test_sharded_forward_equals_unsharded(tiny):
         out = sharded(placed, jax.device_put(ids, data), jax.device_put(segments, data))
     assert placed["layers_0"]["fc1"]["kernel"].sharding.spec == PartitionSpec(None, "model")
     np.testing.assert_allclose(np.asarray(out), np.asarray(forward(params, ids, segments)), atol=1e-5, rtol=0)
+
+
+def test_logits_to_keep_is_the_tail_of_the_full_logits(tiny):
+    model, params = tiny
+    ids = jnp.asarray(np.random.default_rng(1).integers(0, 512, size=(2, 12)), jnp.int32)
+    full = model.apply({"params": params}, ids)
+    tail = model.apply({"params": params}, ids, logits_to_keep=3)
+    assert tail.shape == (2, 3, full.shape[-1])
+    np.testing.assert_allclose(np.asarray(tail), np.asarray(full[:, -3:]), atol=1e-6, rtol=0)

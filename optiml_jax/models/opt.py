@@ -221,7 +221,10 @@ class OPTForCausalLM(nn.Module):
     @nn.compact
     def __call__(self, input_ids: jax.Array, *, segment_ids: jax.Array | None = None,
                  positions: jax.Array | None = None, deterministic: bool = True,
-                 decode: bool = False) -> jax.Array:
+                 decode: bool = False, logits_to_keep: int = 0) -> jax.Array:
+        """Next-token logits [batch, length, vocab] f32; with ``logits_to_keep=k > 0`` only the last k
+        positions [batch, k, vocab] (a decoding prefill needs one row, and the tied output projection is the
+        most expensive matmul of the model)."""
         cfg = self.config
         dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
         if input_ids.ndim != 2:
@@ -280,6 +283,8 @@ class OPTForCausalLM(nn.Module):
         if cfg.has_projections:
             h = nn.Dense(cfg.word_embed_proj_dim, use_bias=False, dtype=dtype, param_dtype=param_dtype,
                          kernel_init=_partitioned(init, ("embed", None)), name="project_out")(h)
+        if logits_to_keep > 0:
+            h = h[:, -logits_to_keep:]
         # Tied output projection, accumulated in f32 even for bf16 compute.
         logits = jnp.einsum("bld,vd->blv", h.astype(dtype), embed_tokens.embedding.astype(dtype),
                             preferred_element_type=jnp.float32)
