@@ -259,6 +259,25 @@ def _write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)  # atomic: a killed run never leaves a half-written result behind
 
 
+def _finished_unit(output_dir: str, key: str) -> dict | None:
+    """The saved summary of an evaluation unit finished by an earlier (possibly killed) run, else None."""
+    path = os.path.join(output_dir, "tasks", key + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_unit(output_dir: str, key: str, records: Sequence[Mapping], summary: Mapping) -> None:
+    """Writes a unit's predictions, then its summary: the summary's presence is what marks the unit as done."""
+    pred_path = os.path.join(output_dir, "predictions", key + ".jsonl")
+    with open(pred_path + ".tmp", "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    os.replace(pred_path + ".tmp", pred_path)
+    _write_json(os.path.join(output_dir, "tasks", key + ".json"), summary)
+
+
 def _check_run_meta(output_dir: str, meta: dict) -> None:
     path = os.path.join(output_dir, "run.json")
     if os.path.exists(path):
@@ -300,10 +319,9 @@ def evaluate(
     results, reused = [], 0
     try:
         for unit in units:
-            res_path = os.path.join(output_dir, "tasks", unit.key + ".json")
-            if os.path.exists(res_path):
-                with open(res_path) as f:
-                    results.append(json.load(f))
+            done = _finished_unit(output_dir, unit.key)
+            if done is not None:
+                results.append(done)
                 reused += 1
                 bar.update(1)
                 continue
@@ -320,12 +338,7 @@ def evaluate(
                  "metric": unit.task.metric, "score": None, "num_examples": 0, "num_rank_classified": 0,
                  "num_generated": 0}, [])
             summary.update(level=unit.level, num_shots=unit.shots, seconds=round(time.time() - t0, 2))
-            pred_path = os.path.join(output_dir, "predictions", unit.key + ".jsonl")
-            with open(pred_path + ".tmp", "w") as f:
-                for r in records:
-                    f.write(json.dumps(r) + "\n")
-            os.replace(pred_path + ".tmp", pred_path)
-            _write_json(res_path, summary)  # written last: its presence marks the unit as done
+            _write_unit(output_dir, unit.key, records, summary)
             results.append(summary)
             bar.update(1)
     finally:
@@ -632,10 +645,9 @@ def evaluate_bbh(predictor: Any, cfg: BBHConfig, output_dir: str | os.PathLike, 
     try:
         for task, mode in units:
             key = f"{safe_name(task)}.{mode}"
-            res_path = os.path.join(output_dir, "tasks", key + ".json")
-            if os.path.exists(res_path):
-                with open(res_path) as f:
-                    unit_results.append(json.load(f))
+            done = _finished_unit(output_dir, key)
+            if done is not None:
+                unit_results.append(done)
                 reused += 1
                 bar.update(1)
                 continue
@@ -644,15 +656,10 @@ def evaluate_bbh(predictor: Any, cfg: BBHConfig, output_dir: str | os.PathLike, 
             examples = pipeline.bbh_examples(task, mode=mode, max_examples=cfg.max_examples, seed=cfg.seed,
                                              data_dir=cfg.data_dir)
             score, records = evaluate_bbh_examples(predictor, examples, mode, cfg.new_tokens(mode))
-            pred_path = os.path.join(output_dir, "predictions", key + ".jsonl")
-            with open(pred_path + ".tmp", "w") as f:
-                for r in records:
-                    f.write(json.dumps(r) + "\n")
-            os.replace(pred_path + ".tmp", pred_path)
             summary = {"task": task, "mode": mode, "score": score, "num_examples": len(records),
                        "num_answered": sum(r["answer"] is not None for r in records),
                        "seconds": round(time.time() - t0, 2)}
-            _write_json(res_path, summary)  # written last: marks the unit as done
+            _write_unit(output_dir, key, records, summary)
             unit_results.append(summary)
             bar.update(1)
     finally:
