@@ -96,6 +96,27 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple if multiple > 1 else n
 
 
+def bucket_length(n: int, *, minimum: int = 16, maximum: int | None = None) -> int:
+    """The padded length for ``n`` tokens: the next size of the series 16, 24, 32, 48, 64, 96, ... (2^k and
+    1.5 * 2^k, at least ``minimum``), capped at ``maximum``.
+
+    Padding wastes at most a third of a batch while a whole range of lengths shares about 2 log2(range)
+    compiled programs.
+    """
+    if n < 1:
+        raise ValueError(f"bucket_length: n must be >= 1, got {n}")
+    size = max(1, minimum)
+    while size < n:
+        # 2^k -> 1.5 * 2^k -> 2^(k+1); 1 -> 2.
+        size = size * 3 // 2 if size > 1 and size & (size - 1) == 0 else max(size * 4 // 3, size + 1)
+    return min(size, maximum) if maximum is not None else size
+
+
+def pow2_at_least(n: int) -> int:
+    """The smallest power of two >= n (row counts padded so that few distinct batch shapes are compiled)."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
 def left_pad(
     prompts: Sequence[Sequence[int]], *, pad_id: int, length: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -151,10 +172,16 @@ def decode_context(
 
 
 def place_batch(mesh: jax.sharding.Mesh | None, *arrays: np.ndarray) -> tuple[Any, ...]:
-    """Puts [batch, ...] host arrays on ``mesh`` split over its batch axes (replicated when they do not divide)."""
+    """Puts [batch, ...] host arrays on ``mesh`` split over its batch axes (replicated when they do not divide).
+
+    Every process passes the same full arrays (each keeps the rows of its own devices), so this serves one host
+    and many alike.
+    """
     if mesh is None:
         return tuple(jnp.asarray(a) for a in arrays)
-    from jax.sharding import NamedSharding, PartitionSpec
+    from jax.sharding import PartitionSpec
+
+    from optiml_jax.partitioning import put_global
 
     axes = tuple(a for a in ("data", "fsdp") if a in mesh.shape)
     size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
@@ -162,7 +189,7 @@ def place_batch(mesh: jax.sharding.Mesh | None, *arrays: np.ndarray) -> tuple[An
     for a in arrays:
         a = np.asarray(a)
         spec = PartitionSpec(axes, *([None] * (a.ndim - 1))) if a.ndim and a.shape[0] % size == 0 else PartitionSpec()
-        out.append(jax.device_put(a, NamedSharding(mesh, spec)))
+        out.append(put_global(mesh, a, spec))
     return tuple(out)
 
 
@@ -194,38 +221,61 @@ def init_cache(model: Any, batch: int, max_length: int) -> Any:
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), cache_structure(model, batch, max_length))
 
 
-def _apply(model, params, cache, tokens, segments, positions):
-    # Only the last position's logits are used: prompts are left-padded, so it is every row's last prompt token.
+def _apply(model, params, cache, tokens, segments, positions, logits_to_keep: int = 1):
+    # By default only the last position's logits are computed: prompts are left-padded, so it is every row's last
+    # prompt token (a multi-token candidate pass asks for all of them).
     logits, mutated = model.apply(
         {"params": params, "cache": cache},
         tokens,
         segment_ids=segments,
         positions=positions,
         decode=True,
-        logits_to_keep=1,
+        logits_to_keep=logits_to_keep,
         mutable=["cache"],
     )
     return logits.astype(jnp.float32), mutated["cache"]
 
 
-def prefill(model, params, tokens: jax.Array, segments: jax.Array, positions: jax.Array, max_length: int):
+def prefill_logits(model, params, tokens: jax.Array, segments: jax.Array, positions: jax.Array, max_length: int):
     """Runs the prompts through the model into a fresh cache sized ``max_length``.
 
-    Returns (log-probabilities of the next token [B, V] f32, cache, real prompt lengths [B]).
+    Returns (next-token logits [B, V] f32, cache, real prompt lengths [B]).
     """
     cache = init_cache(model, tokens.shape[0], max_length)
     logits, cache = _apply(model, params, cache, tokens, segments, positions)
     lengths = jnp.sum(segments > 0, axis=1).astype(jnp.int32)
-    return jax.nn.log_softmax(logits[:, -1]), cache, lengths
+    return logits[:, -1], cache, lengths
 
 
-def step(model, params, cache, token: jax.Array, position: jax.Array):
-    """Feeds one token per row [B] at ``position`` [B]; returns (next-token log-probs [B, V], cache)."""
+def prefill(model, params, tokens: jax.Array, segments: jax.Array, positions: jax.Array, max_length: int):
+    """`prefill_logits` with log-probabilities [B, V] instead of logits."""
+    logits, cache, lengths = prefill_logits(model, params, tokens, segments, positions, max_length)
+    return jax.nn.log_softmax(logits), cache, lengths
+
+
+def step_logits(model, params, cache, token: jax.Array, position: jax.Array):
+    """Feeds one token per row [B] at ``position`` [B]; returns (next-token logits [B, V] f32, cache)."""
     b = token.shape[0]
     logits, cache = _apply(
         model, params, cache, token.reshape(b, 1), jnp.ones((b, 1), jnp.int32), position.reshape(b, 1)
     )
-    return jax.nn.log_softmax(logits[:, 0]), cache
+    return logits[:, 0], cache
+
+
+def step(model, params, cache, token: jax.Array, position: jax.Array):
+    """`step_logits` with log-probabilities [B, V] instead of logits."""
+    logits, cache = step_logits(model, params, cache, token, position)
+    return jax.nn.log_softmax(logits), cache
+
+
+def extend(model, params, cache, tokens: jax.Array, start: jax.Array):
+    """Feeds L tokens per row [B, L] at positions ``start + 0..L-1`` in one call (a multi-token cache write).
+
+    Returns the logits after each of them [B, L, V] f32 and the cache.
+    """
+    b, length = tokens.shape
+    positions = start[:, None] + jnp.arange(length, dtype=jnp.int32)[None, :]
+    return _apply(model, params, cache, tokens, jnp.ones((b, length), jnp.int32), positions, logits_to_keep=0)
 
 
 def gather_cache(cache: Any, index: jax.Array, batch: int) -> Any:
@@ -258,12 +308,18 @@ def filter_logits(logits: jax.Array, *, top_k: int = 0, top_p: float = 1.0) -> j
     return logits
 
 
-def choose_tokens(logprobs: jax.Array, rng: jax.Array, cfg: DecodeConfig) -> jax.Array:
-    """Picks one token per row from log-probabilities [B, V]: argmax for greedy, a filtered sample otherwise."""
+def choose_tokens(logits: jax.Array, rng: jax.Array, cfg: DecodeConfig) -> jax.Array:
+    """Picks one token per row from logits [B, V]: argmax for greedy, a filtered sample otherwise."""
     if cfg.method == "greedy":
-        return jnp.argmax(logprobs, axis=-1).astype(jnp.int32)
-    logits = filter_logits(logprobs / cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = filter_logits(logits / cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def token_logprob(logits: jax.Array, token: jax.Array) -> jax.Array:
+    """log p(token) [B] from logits [B, V]: the chosen logit minus the log-partition (no [B, V] log-softmax)."""
+    chosen = jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0]
+    return chosen - jax.nn.logsumexp(logits, axis=-1)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -274,36 +330,36 @@ def choose_tokens(logprobs: jax.Array, rng: jax.Array, cfg: DecodeConfig) -> jax
 def _generate_impl(params, tokens, segments, positions, rng, *, model, cfg: DecodeConfig, eos_id: int, pad_id: int):
     b, prompt_len = tokens.shape
     n = cfg.max_new_tokens
-    logprobs, cache, lengths = prefill(model, params, tokens, segments, positions, prompt_len + n)
+    # The cache needs room for the prompt and the n - 1 tokens fed back (the last chosen token is never fed).
+    logits, cache, lengths = prefill_logits(model, params, tokens, segments, positions, prompt_len + n)
+
+    def choose(i, logits, rng, out, done, scores, gen_len):
+        rng, sub = jax.random.split(rng)
+        token = choose_tokens(logits, sub, cfg)
+        logprob = token_logprob(logits, token)
+        token = jnp.where(done, pad_id, token)
+        scores = scores + jnp.where(done, 0.0, logprob)
+        is_eos = (token == eos_id) & ~done
+        gen_len = gen_len + jnp.where(done | is_eos, 0, 1)
+        out = jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
+        return token, rng, out, done | is_eos, scores, gen_len
 
     def cond(state):
         i, _, _, _, done, _, _, _ = state
         return (i < n) & ~jnp.all(done)
 
     def body(state):
-        i, cache, logprobs, out, done, rng, scores, gen_len = state
-        rng, sub = jax.random.split(rng)
-        token = choose_tokens(logprobs, sub, cfg)
-        token_logprob = jnp.take_along_axis(logprobs, token[:, None], axis=-1)[:, 0]
-        token = jnp.where(done, pad_id, token)
-        scores = scores + jnp.where(done, 0.0, token_logprob)
-        is_eos = (token == eos_id) & ~done
-        gen_len = gen_len + jnp.where(done | is_eos, 0, 1)
-        done = done | is_eos
-        out = jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
-        logprobs, cache = step(model, params, cache, token, lengths + i)
-        return i + 1, cache, logprobs, out, done, rng, scores, gen_len
+        # Token i - 1 was chosen: feed it, choose token i. The loop ends right after the last choice, so no model
+        # step runs for a token that would never be used, and none once every row has produced EOS.
+        i, cache, token, out, done, rng, scores, gen_len = state
+        logits, cache = step_logits(model, params, cache, token, lengths + i - 1)
+        token, rng, out, done, scores, gen_len = choose(i, logits, rng, out, done, scores, gen_len)
+        return i + 1, cache, token, out, done, rng, scores, gen_len
 
-    state = (
-        jnp.int32(0),
-        cache,
-        logprobs,
-        jnp.full((b, n), pad_id, jnp.int32),
-        jnp.zeros((b,), bool),
-        rng,
-        jnp.zeros((b,), jnp.float32),
-        jnp.zeros((b,), jnp.int32),
-    )
+    token, rng, out, done, scores, gen_len = choose(
+        0, logits, rng, jnp.full((b, n), pad_id, jnp.int32), jnp.zeros((b,), bool), jnp.zeros((b,), jnp.float32),
+        jnp.zeros((b,), jnp.int32))
+    state = (jnp.int32(1), cache, token, out, done, rng, scores, gen_len)
     _, _, _, out, _, _, scores, gen_len = jax.lax.while_loop(cond, body, state)
     return out, gen_len, scores
 
@@ -446,7 +502,9 @@ def generate(
     )
     with decode_context(mesh, rules, constrain_activations=constrain_activations):
         out, lengths, scores = fn(params, tokens, segment_ids, positions, rng)
-    return DecodeOutput(np.asarray(out), np.asarray(lengths), np.asarray(scores))
+    from optiml_jax.partitioning import to_host
+
+    return DecodeOutput(to_host(out), to_host(lengths), to_host(scores))
 
 
 def strip_generated(tokens: Sequence[int], *, eos_id: int, pad_id: int) -> list[int]:

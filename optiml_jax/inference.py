@@ -8,15 +8,21 @@ there, which separates "yes" from "yes, but ...").
 Two ways to compute the same numbers:
 
 * ``"cache"`` (default): each distinct prompt is prefilled once into the KV cache, the cache rows are copied to
-  the prompt's candidates, and all candidates of a batch advance together one token per step. The prompt --
-  usually far longer than the answers -- is processed once per example instead of once per candidate.
+  the prompt's candidates, and all tokens of all candidates of a batch are scored in *one* multi-token pass over
+  those copies. The prompt -- usually far longer than the answers -- is processed once per example instead of
+  once per candidate, and an answer of n tokens costs one call, not n sequential steps.
 * ``"full"``: one forward pass over ``prompt + candidate`` per candidate (left-padded rows); a reference.
+
+`Predictor` sorts examples by prompt length into token-budget batches padded to a few bucket sizes
+(`decoding.bucket_length`), so the number of compiled programs stays small; it counts them
+(``Predictor.compiled_shapes``) and logs the count.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import json
+import logging
 import os
 from typing import Any, Callable, Literal, Sequence
 
@@ -25,8 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from optiml_jax import decoding
+from optiml_jax.partitioning import to_host
 
 ScoreMethod = Literal["cache", "full"]
+
+logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -38,25 +47,22 @@ def _score_cached_impl(params, p_tokens, p_segments, p_positions, row_prompt, c_
     """Per-token log-likelihoods [R, Lc] of candidates [R, Lc] continuing prompts [Bp, P] (row_prompt: [R])."""
     bp, prompt_len = p_tokens.shape
     rows, cand_len = c_tokens.shape
-    logprobs, cache, lengths = decoding.prefill(
-        model, params, p_tokens, p_segments, p_positions, prompt_len + cand_len
+    # Candidate token Lc - 1 is scored but never fed, so the cache needs P + Lc - 1 positions.
+    logits, cache, lengths = decoding.prefill_logits(
+        model, params, p_tokens, p_segments, p_positions, prompt_len + max(cand_len - 1, 1)
     )
     cache = decoding.gather_cache(cache, row_prompt, bp)
     lengths = lengths[row_prompt]
-    first = jnp.take_along_axis(logprobs[row_prompt], c_tokens[:, :1], axis=-1)[:, 0]
-
-    def body(cache, j):
-        # Feeding candidate token j yields the distribution of token j + 1.
-        lp, cache = decoding.step(model, params, cache, c_tokens[:, j], lengths + j)
-        nxt = jnp.take_along_axis(lp, c_tokens[:, j + 1][:, None], axis=-1)[:, 0]
-        return cache, nxt
-
-    if cand_len > 1:
-        _, rest = jax.lax.scan(body, cache, jnp.arange(cand_len - 1))
-        per_token = jnp.concatenate([first[:, None], rest.T], axis=1)
-    else:
-        per_token = first[:, None]
-    return per_token * c_mask
+    first = decoding.token_logprob(logits[row_prompt], c_tokens[:, 0])
+    if cand_len == 1:
+        return first[:, None] * c_mask
+    # One call writes candidate tokens 0 .. Lc-2 after each prompt copy; its logits score tokens 1 .. Lc-1.
+    # Tokens after a candidate's end are padding: they come later in their row, so nothing real attends to them,
+    # and c_mask drops their scores.
+    logits, _ = decoding.extend(model, params, cache, c_tokens[:, :-1], lengths)
+    chosen = jnp.take_along_axis(logits, c_tokens[:, 1:, None], axis=-1)[..., 0]
+    rest = chosen - jax.nn.logsumexp(logits, axis=-1)
+    return jnp.concatenate([first[:, None], rest], axis=1) * c_mask
 
 
 def _score_full_impl(params, tokens, segments, positions, target_mask, *, model):
@@ -78,6 +84,17 @@ def _compiled_scorer(model, method: str) -> Callable:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def padded_rows(n: int, mesh: jax.sharding.Mesh | None = None) -> int:
+    """Rows a batch of ``n`` is padded to: a power of two (few distinct shapes) and a multiple of the mesh's
+    data-parallel size (so the batch splits evenly over its devices)."""
+    dp = 1
+    if mesh is not None:
+        from optiml_jax.partitioning import data_parallel_size
+
+        dp = data_parallel_size(mesh)
+    return decoding.round_up(decoding.pow2_at_least(n), dp)
+
+
 def candidate_logprobs(
     model: Any,
     params: Any,
@@ -86,14 +103,17 @@ def candidate_logprobs(
     *,
     pad_id: int,
     method: ScoreMethod = "cache",
-    length_bucket: int = 16,
     mesh: jax.sharding.Mesh | None = None,
     rules: Sequence[tuple[str, Any]] | None = None,
+    shapes_seen: set | None = None,
 ) -> list[list[np.ndarray]]:
     """Per-token log-likelihoods of each candidate (token ids) given its prompt (token ids, BOS included).
 
     Returns, for prompt i, one float32 array per candidate with a log-probability per candidate token. All inputs
-    go through the device in one call: callers batch (see `Predictor.score`).
+    go through the device in one call: callers batch (see `Predictor.score`). Prompts are padded to a
+    `decoding.bucket_length`, candidates to the bucket of the longest one (an answer of 2 tokens is scored in 2
+    positions, not 64), row counts by `padded_rows`. ``shapes_seen`` collects the padded shapes, i.e. the
+    distinct programs compiled.
     """
     if len(prompts) != len(candidates):
         raise ValueError(f"candidate_logprobs: {len(prompts)} prompts but {len(candidates)} candidate lists")
@@ -110,16 +130,16 @@ def candidate_logprobs(
             f"candidate_logprobs: a prompt of {longest_p} tokens plus a candidate of {longest_c} tokens exceeds the "
             f"model's {max_pos} positions; truncate the prompts (Predictor does this)"
         )
-    n_rows = decoding.round_up(len(rows), 8)
+    n_rows = padded_rows(len(rows), mesh)
     # Bucketed lengths (fewer compilations), but never beyond the position table / cache limit.
-    cand_len = min(decoding.round_up(longest_c, length_bucket), max_pos - longest_p)
+    cand_len = decoding.bucket_length(longest_c, minimum=1, maximum=max_pos - longest_p)
     if method == "cache":
-        p_len = min(decoding.round_up(longest_p, length_bucket), max_pos - cand_len)
-        n_prompts = decoding.round_up(len(prompts), 8)
+        p_len = decoding.bucket_length(longest_p, maximum=max_pos - cand_len)
+        n_prompts = padded_rows(len(prompts), mesh)
         # Filler prompts/rows repeat the first real ones and are discarded below.
         padded_prompts = list(prompts) + [prompts[0]] * (n_prompts - len(prompts))
         tok, seg, pos = decoding.left_pad(padded_prompts, pad_id=pad_id, length=p_len)
-        decoding.cache_structure(model, n_prompts, p_len + cand_len)  # see decoding.cache_structure
+        decoding.cache_structure(model, n_prompts, p_len + max(cand_len - 1, 1))  # see decoding.cache_structure
         row_prompt = np.zeros((n_rows,), np.int32)
         c_tok = np.full((n_rows, cand_len), pad_id, np.int32)
         c_mask = np.zeros((n_rows, cand_len), np.float32)
@@ -127,20 +147,24 @@ def candidate_logprobs(
             row_prompt[r] = i
             c_tok[r, : len(c)] = c
             c_mask[r, : len(c)] = 1.0
+        if shapes_seen is not None:
+            shapes_seen.add(("score_cache", n_prompts, p_len, n_rows, cand_len))
         args = decoding.place_batch(mesh, tok, seg, pos) + decoding.place_batch(mesh, row_prompt, c_tok, c_mask)
         with decoding.decode_context(mesh, rules):
-            out = np.asarray(_compiled_scorer(model, "cache")(params, *args))
+            out = to_host(_compiled_scorer(model, "cache")(params, *args))
         per_row = [out[r, : len(c)] for r, (_, c) in enumerate(rows)]
     elif method == "full":
         seqs = [list(prompts[i]) + c for i, c in rows]
         seqs += [seqs[0]] * (n_rows - len(seqs))
-        length = min(decoding.round_up(max(len(s) for s in seqs), length_bucket), max_pos)
+        length = decoding.bucket_length(max(len(s) for s in seqs), maximum=max_pos)
         tok, seg, pos = decoding.left_pad(seqs, pad_id=pad_id, length=length)
         mask = np.zeros(tok.shape, np.float32)
         for r, (_, c) in enumerate(rows):
             mask[r, length - len(c):] = 1.0
+        if shapes_seen is not None:
+            shapes_seen.add(("score_full", n_rows, length))
         with decoding.decode_context(mesh, rules):
-            out = np.asarray(_compiled_scorer(model, "full")(params, *decoding.place_batch(mesh, tok, seg, pos, mask)))
+            out = to_host(_compiled_scorer(model, "full")(params, *decoding.place_batch(mesh, tok, seg, pos, mask)))
         # Column j of `out` scores token j + 1: the candidate occupies the last len(c) columns.
         per_row = [out[r, length - 1 - len(c): length - 1] for r, (_, c) in enumerate(rows)]
     else:
@@ -171,11 +195,13 @@ class Predictor:
       params: its parameters (optionally sharded on ``mesh``).
       vocab: an ``OPTVocabulary`` (``encode``, ``decode``, ``bos_id``, ``eos_id``, ``pad_id``).
       mesh / rules: the trainer's mesh and logical axis rules when params are sharded.
-      batch_size: prompts per device call (a fixed size keeps compilations few).
-      length_bucket: prompt lengths are padded up to a multiple of this.
+      batch_size: prompts per device call at most.
+      token_budget: padded prompt tokens per device call at most: examples are sorted by length, so a batch of
+        long prompts holds fewer rows (at least one); None = ``batch_size`` rows always.
       max_prompt_tokens: prompts longer than this are cut from the left (the instruction's start goes first,
         the example and the answer cue stay); defaults to what the position table leaves after the output.
       name: label used in reports.
+      compiled_shapes: the distinct padded batch shapes run so far (one compiled program each).
     """
 
     model: Any
@@ -184,14 +210,17 @@ class Predictor:
     mesh: jax.sharding.Mesh | None = None
     rules: Sequence[tuple[str, Any]] | None = None
     batch_size: int = 8
-    length_bucket: int = 64
+    token_budget: int | None = 8192
     max_prompt_tokens: int | None = None
     name: str = "model"
     truncated_prompts: int = dataclasses.field(default=0, init=False)
+    compiled_shapes: set = dataclasses.field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"Predictor.batch_size must be >= 1, got {self.batch_size}")
+        if self.token_budget is not None and self.token_budget < 1:
+            raise ValueError(f"Predictor.token_budget must be >= 1 or None, got {self.token_budget}")
 
     # ---- construction -----------------------------------------------------------------------------------------
 
@@ -201,27 +230,49 @@ class Predictor:
         ckpt_dir: str | os.PathLike,
         *,
         dtype: str | None = None,
+        param_dtype: str | None = None,
         mesh: jax.sharding.Mesh | None = None,
         rules: Sequence[tuple[str, Any]] | None = None,
         **kwargs: Any,
     ) -> "Predictor":
-        """Loads one of our checkpoints (config.json + params/ [+ tokenizer/]); see `resolve_checkpoint`."""
+        """Loads one of our checkpoints (config.json + params/ [+ tokenizer/]); see `resolve_checkpoint`.
+
+        ``param_dtype``: the serving dtype the weights are restored in (e.g. "bfloat16"; None = as stored); the
+        compute dtype follows it unless ``dtype`` sets it. With a ``mesh`` every parameter is restored straight
+        into its shard (``rules``: logical axis rules, default the trainer's), never through one device.
+        """
         ckpt = resolve_checkpoint(ckpt_dir)
         from optiml_jax.models.convert import load_config, load_model
         from optiml_jax.models.opt import OPTForCausalLM
 
-        # With a mesh, orbax restores each parameter straight into its shard (no full copy on one device).
         shardings = param_shardings(OPTForCausalLM(load_config(ckpt)), mesh, rules) if mesh is not None else None
-        model, params = load_model(ckpt, dtype, shardings=shardings)
+        model, params = load_model(ckpt, dtype or param_dtype, shardings=shardings, param_dtype=param_dtype)
         kwargs.setdefault("name", os.path.basename(os.path.normpath(str(ckpt_dir))))
         return cls(model, params, load_vocab(ckpt), mesh=mesh, rules=rules, **kwargs)
 
     def untrained(self, seed: int = 0) -> "Predictor":
         """The same architecture at its random initialisation (the "untrained" baseline of a report)."""
-        params = init_params(self.model, seed)
-        if self.mesh is not None:
-            params = shard_params(self.model, params, self.mesh, self.rules)
+        params = init_params(self.model, seed, param_shardings(self.model, self.mesh, self.rules)
+                             if self.mesh is not None else None)
         return dataclasses.replace(self, params=params, name=f"{self.name} (untrained init, seed {seed})")
+
+    # ---- batching -----------------------------------------------------------------------------------------
+
+    def plan_batches(self, lengths: Sequence[int], max_length: int) -> list[tuple[list[int], int]]:
+        """Groups example indices into device calls: longest prompt first, each call's padded length a
+        `decoding.bucket_length` (at most ``max_length``) and its size bounded by ``batch_size`` and
+        ``token_budget``. Returns (indices, padded prompt length) per call."""
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        out, start = [], 0
+        while start < len(order):
+            length = decoding.bucket_length(lengths[order[start]], maximum=max_length)
+            rows = self._rows_for(length)
+            out.append((order[start: start + rows], length))
+            start += rows
+        return out
+
+    def _log_compiles(self, what: str) -> None:
+        logger.info("%s %s: %d distinct batch shapes compiled so far", self.name, what, len(self.compiled_shapes))
 
     # ---- tokens -------------------------------------------------------------------------------------------
 
@@ -261,26 +312,29 @@ class Predictor:
         if isinstance(prompts, str):
             raise TypeError("Predictor.generate: pass a list of prompts, not a single string")
         encoded = [self.encode_prompt(p, cfg.max_new_tokens) for p in prompts]
-        # Longest first: rows of similar length share a batch, so less padding is computed.
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         results: list[list[int] | None] = [None] * len(encoded)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start: start + self.batch_size]
+        for idx, length in self.plan_batches([len(e) for e in encoded], self.max_positions - cfg.max_new_tokens):
             batch = [encoded[i] for i in idx]
-            batch += [batch[0]] * (self.batch_size - len(batch))
-            length = min(
-                decoding.round_up(max(len(p) for p in batch), self.length_bucket),
-                self.max_positions - cfg.max_new_tokens,
-            )
+            # Every call of one padded length has the same row count (filler rows repeat the first prompt).
+            rows = padded_rows(self._rows_for(length), self.mesh)
+            batch += [batch[0]] * (rows - len(batch))
+            self.compiled_shapes.add((f"generate_{cfg.method}", rows, length, cfg.max_new_tokens))
             tok, seg, pos = decoding.left_pad(batch, pad_id=self.vocab.pad_id, length=length)
             out = decoding.generate(
                 self.model, self.params, tok, seg, pos, cfg,
                 eos_id=self.vocab.eos_id, pad_id=self.vocab.pad_id, mesh=self.mesh, rules=self.rules,
             )
-            rows = out.tokens[:, 0] if cfg.method == "beam" else out.tokens
+            rows_out = out.tokens[:, 0] if cfg.method == "beam" else out.tokens
             for j, i in enumerate(idx):
-                results[i] = decoding.strip_generated(rows[j], eos_id=self.vocab.eos_id, pad_id=self.vocab.pad_id)
+                results[i] = decoding.strip_generated(rows_out[j], eos_id=self.vocab.eos_id, pad_id=self.vocab.pad_id)
+        self._log_compiles("generation")
         return [r or [] for r in results]
+
+    def _rows_for(self, length: int) -> int:
+        rows = self.batch_size
+        if self.token_budget is not None:
+            rows = max(1, min(rows, self.token_budget // length))
+        return rows
 
     # ---- scoring ------------------------------------------------------------------------------------------
 
@@ -303,17 +357,16 @@ class Predictor:
         ]
         reserve = [max(len(c) for c in cands) for cands in cand_ids]
         encoded = [self.encode_prompt(p, r) for p, r in zip(prompts, reserve)]
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         scores: list[list[float]] = [[] for _ in prompts]
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start: start + self.batch_size]
+        for idx, _ in self.plan_batches([len(e) for e in encoded], self.max_positions):
             lps = candidate_logprobs(
                 self.model, self.params, [encoded[i] for i in idx], [cand_ids[i] for i in idx],
-                pad_id=self.vocab.pad_id, method=method, length_bucket=self.length_bucket,
-                mesh=self.mesh, rules=self.rules,
+                pad_id=self.vocab.pad_id, method=method, mesh=self.mesh, rules=self.rules,
+                shapes_seen=self.compiled_shapes,
             )
             for i, per_cand in zip(idx, lps):
                 scores[i] = [aggregate_score(lp, normalize) for lp in per_cand]
+        self._log_compiles("scoring")
         return scores
 
     def classify(
@@ -382,9 +435,9 @@ def load_vocab(ckpt_dir: str | os.PathLike):
     return OPTVocabulary.from_checkpoint(ckpt_dir)
 
 
-def init_params(model: Any, seed: int = 0) -> Any:
-    """Fresh random params for ``model`` (unboxed from their logical-partitioning metadata)."""
-    return jax.jit(lambda rng: model.init_params(rng))(jax.random.PRNGKey(seed))
+def init_params(model: Any, seed: int = 0, shardings: Any = None) -> Any:
+    """Fresh random params for ``model`` (unboxed), created directly in ``shardings`` when given."""
+    return jax.jit(lambda rng: model.init_params(rng), out_shardings=shardings)(jax.random.PRNGKey(seed))
 
 
 def param_shardings(model: Any, mesh: jax.sharding.Mesh, rules: Sequence[tuple[str, Any]] | None) -> Any:

@@ -272,3 +272,31 @@ def maybe_initialize_distributed(config: DistributedConfig | None = None) -> boo
     _DISTRIBUTED_INITIALIZED = True
     logger.info("jax.distributed initialised: process %d of %d (coordinator %s)", pid, num, address)
     return True
+
+
+def put_global(mesh: Mesh, value: np.ndarray, spec: PartitionSpec) -> jax.Array:
+    """A global array on ``mesh`` from a host array that every process holds in full (the same values).
+
+    Each process fills only the shards of its addressable devices (`jax.make_array_from_callback`), so this works
+    unchanged on one or many hosts; evaluation and inference, where every process prepares the same batch, use it.
+    """
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, NamedSharding(mesh, spec), lambda index: value[index])
+
+
+def to_host(x: jax.Array | np.ndarray) -> np.ndarray:
+    """The full value of a (possibly multi-host, sharded) array as numpy, on every process.
+
+    Arrays spread over several processes are gathered with `jax.experimental.multihost_utils.process_allgather`
+    (a collective: every process must call this with the same array).
+    """
+    if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def is_output_process() -> bool:
+    """Whether this process writes files (process 0: every process computes, one writes)."""
+    return jax.process_index() == 0

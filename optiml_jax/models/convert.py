@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from optiml_jax.errors import UserError
 from optiml_jax.models.configs import OPTConfig
 
 PathLike = str | os.PathLike
@@ -37,7 +38,7 @@ _HF_PREFIX = "model.decoder."
 _DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint (ours or HF) is missing, malformed or does not match its config."""
 
 
@@ -555,11 +556,14 @@ def load_config(ckpt_dir: PathLike) -> OPTConfig:
         raise CheckpointError(f"{path}: {e}") from None
 
 
-def load_params(ckpt_dir: PathLike, config: OPTConfig, shardings: Any = None) -> dict[str, Any]:
-    """Restores the params tree, checking every name, shape and dtype against `config`.
+def load_params(ckpt_dir: PathLike, config: OPTConfig, shardings: Any = None,
+                dtype: str | None = None) -> dict[str, Any]:
+    """Restores the params tree, checking every name and shape against `config`.
 
-    `shardings`: optional pytree of `jax.sharding.Sharding` matching the params (orbax reshards on restore);
-    without it, arrays land on the default device.
+    `shardings`: optional pytree of `jax.sharding.Sharding` matching the params: orbax reads each process's
+    shards straight into them (no full copy anywhere); without it, arrays land on the default device.
+    `dtype`: restore in this dtype (orbax casts while reading, e.g. a float32 checkpoint served in bfloat16);
+    None keeps the stored dtype.
     """
     import jax
     import orbax.checkpoint as ocp
@@ -591,7 +595,7 @@ def load_params(ckpt_dir: PathLike, config: OPTConfig, shardings: Any = None) ->
     default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target: dict[str, Any] = {}
     for key, spec in expected.items():
-        _set_path(target, key, jax.ShapeDtypeStruct(spec.shape, stored[key].dtype,
+        _set_path(target, key, jax.ShapeDtypeStruct(spec.shape, _np_dtype(dtype) if dtype else stored[key].dtype,
                                                     sharding=flat_shardings.get(key, default)))
     try:
         restored = checkpointer.restore(path, target)
@@ -602,20 +606,23 @@ def load_params(ckpt_dir: PathLike, config: OPTConfig, shardings: Any = None) ->
     return restored
 
 
-def load_model(ckpt_dir: PathLike, dtype: str | None = None, *, shardings: Any = None) -> tuple[Any, dict[str, Any]]:
-    """`(OPTForCausalLM, params)` from one of our checkpoints; `dtype` overrides the compute dtype.
+def load_model(ckpt_dir: PathLike, dtype: str | None = None, *, shardings: Any = None,
+               param_dtype: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """`(OPTForCausalLM, params)` from one of our checkpoints; `dtype` overrides the compute dtype,
+    `param_dtype` the dtype the parameters are restored in (see `load_params` for `shardings`).
 
     Use as `model.apply({"params": params}, input_ids)`.
     """
     from optiml_jax.models.opt import OPTForCausalLM
 
     config = load_config(ckpt_dir)
-    if dtype is not None:
-        try:
-            config = config.replace(dtype=dtype)
-        except ValueError as e:
-            raise CheckpointError(f"load_model(dtype={dtype!r}): {e}") from None
-    return OPTForCausalLM(config), load_params(ckpt_dir, config, shardings)
+    for field, value in (("dtype", dtype), ("param_dtype", param_dtype)):
+        if value is not None:
+            try:
+                config = config.replace(**{field: value})
+            except ValueError as e:
+                raise CheckpointError(f"load_model({field}={value!r}): {e}") from None
+    return OPTForCausalLM(config), load_params(ckpt_dir, config, shardings, dtype=param_dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -126,29 +126,41 @@ class OPTAttention(nn.Module):
         value = nn.with_logical_constraint(value, ("batch", "length", "heads", "kv"))
 
         if decode:
+            # The cache is stored heads-major, [batch, heads, length, head_dim]: the layout the score and value
+            # contractions read, so the compiled loop never re-transposes the whole K/V buffers at each step;
+            # only this call's L new tokens are transposed.
+            query, key, value = (jnp.swapaxes(t, 1, 2) for t in (query, key, value))
             initialized = self.has_variable("cache", "cached_key")
             cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
             cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
             if initialized:
                 # Write this call's L keys/values at [cache_index, cache_index + L) and attend over the buffer.
                 key = lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype),
-                                               (0, cache_index, 0, 0))
+                                               (0, 0, cache_index, 0))
                 value = lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype),
-                                                 (0, cache_index, 0, 0))
+                                                 (0, 0, cache_index, 0))
                 cached_key.value, cached_value.value = key, value
+            key = nn.with_logical_constraint(key, ("batch", "heads", "length", "kv"))
+            value = nn.with_logical_constraint(value, ("batch", "heads", "length", "kv"))
+            if cfg.attention_kernel == "cudnn":  # the fused kernel takes [batch, length, heads, head_dim]
+                query, key, value = (jnp.swapaxes(t, 1, 2) for t in (query, key, value))
 
+        # Layout of q/k/v: [b, l, h, d] ("blhd") except on the decode path of the XLA kernel ("bhld").
+        layout = "bhld" if decode and cfg.attention_kernel != "cudnn" else "blhd"
         if cfg.attention_kernel == "cudnn":
             if cfg.attention_dropout > 0 and not deterministic:
                 raise ValueError("OPTConfig.attention_kernel='cudnn' does not support attention_dropout > 0 in "
                                  "training; use attention_kernel='xla'")
             out = jax.nn.dot_product_attention(query, key, value, mask=mask, scale=1.0, implementation="cudnn")
         else:
-            scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+            q_spec, k_spec = ("bhqd", "bhkd") if layout == "bhld" else ("bqhd", "bkhd")
+            scores = jnp.einsum(f"{q_spec},{k_spec}->bhqk", query, key, preferred_element_type=jnp.float32)
             scores = jnp.where(mask, scores, _MASK_VALUE)
             probs = jax.nn.softmax(scores, axis=-1)
             probs = nn.Dropout(rate=cfg.attention_dropout)(probs, deterministic=deterministic)
-            out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), value)
-        out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+            out = jnp.einsum(f"bhqk,{k_spec}->{q_spec}", probs.astype(dtype), value)
+            if layout == "bhld":
+                out = jnp.swapaxes(out, 1, 2)
         out = _EinsumDense(spec="...hd,hde->...e", kernel_shape=(heads, head_dim, cfg.hidden_size),
                            kernel_axes=("heads", "kv", "embed"), bias_axes=("embed",), use_bias=cfg.enable_bias,
                            dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init, name="out_proj")(out)
