@@ -4,12 +4,18 @@ A training checkpoint ``MODEL_DIR/checkpoints/<step>/`` holds two orbax items:
 
 * ``state``: the sharded `TrainState` (params, AdamW state, step, RNG), saved with ``StandardSave`` and restored
   with ``StandardRestore`` onto target shardings -- so a run can resume on a different mesh;
-* ``meta``: JSON with the input pipeline's ``state()``, the step, and a fingerprint of every state array.
+* ``meta``: JSON with the input pipeline's ``state()``, the step, the shape and dtype of every state array, a
+  fingerprint of every state array, and the run's own record (model config, gin bindings) from the caller.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a crash mid-save leaves no
-half-written step that `all_steps()` would list. Damage after the fact (deleted or garbled files) makes either the
-restore fail or the fingerprint disagree; the step is then moved aside to ``<step>.corrupt`` and the previous good
-step is used.
+half-written step that `all_steps()` would list.
+
+Nothing that is not proven damaged is moved or deleted. Before any restore the checkpoint's recorded structure is
+compared with what the run asks for; a difference (another model config, say) is a `CheckpointMismatch` that names
+the differing fields and touches nothing. Only a step whose structure matches but whose data cannot be read twice
+in a row, or reads back different from its fingerprint, is moved aside to ``<step>.corrupt`` (kept for
+inspection), and the previous step is used. Failures that say nothing about the files (out of memory, permission
+denied, an unavailable network file system, anything unrecognised) stop the run and leave the files alone.
 """
 from __future__ import annotations
 
@@ -18,8 +24,7 @@ import json
 import logging
 import os
 import pathlib
-import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -27,10 +32,22 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from optiml_jax.errors import UserError
+
 logger = logging.getLogger(__name__)
 
-META_VERSION = 1
+META_VERSION = 2  # 2 adds "tree" and "run"; version-1 steps are checked against orbax's own array metadata
 FINGERPRINT_RTOL = 1e-4  # resharded restores may sum in another order
+QUARANTINE_SUFFIX = ".corrupt"
+
+# Restore failures that describe the files themselves (tensorstore/orbax wordings for missing, truncated or
+# garbled data). Anything else is not taken as proof of damage.
+_DAMAGE_MARKERS = ("NOT_FOUND", "DATA_LOSS", "Encountered error while reading", "Error reading", "corrupt",
+                   "Corrupt", "checksum", "Unexpected end", "truncated", "Invalid", "invalid")
+# ... unless the failure is about the environment: these never condemn a checkpoint.
+_ENVIRONMENT_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "PERMISSION_DENIED",
+                        "Permission denied", "UNAVAILABLE", "DEADLINE_EXCEEDED", "Stale file handle",
+                        "Transport endpoint")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +65,25 @@ class CheckpointConfig:
     async_save: bool = True
 
     def validate(self) -> None:
-        """Raises ValueError naming the field at fault."""
+        """Raises UserError naming the field at fault."""
         if self.keep < 1:
-            raise ValueError(f"CheckpointConfig.keep must be >= 1, got {self.keep}")
+            raise UserError(f"CheckpointConfig.keep must be >= 1, got {self.keep}")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint directory that cannot be used, with what to do about it."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """The checkpoint was written by a run with another structure (model config, state tree); nothing touched."""
+
+
+class NoGoodCheckpoint(CheckpointError):
+    """Every step was proven damaged and moved aside; starting over needs the user's explicit consent."""
+
+
+class _Damaged(Exception):
+    """Internal: a step whose files are proven damaged (the message says how)."""
 
 
 @dataclasses.dataclass
@@ -65,6 +94,7 @@ class Restored:
     state: Any
     input_state: dict | None
     skipped: list[tuple[int, str]]  # damaged newer steps that were moved aside, with the reason
+    run: dict | None = None         # the run record saved with the step (see `Checkpointer.save`)
 
 
 def _fingerprint_fn(tree: Any) -> jax.Array:
@@ -81,6 +111,42 @@ def fingerprint(tree: Any) -> list[float]:
     return np.asarray(jax.device_get(_fingerprint(tree)), dtype=np.float64).tolist()
 
 
+def tree_spec(tree: Any) -> dict[str, list]:
+    """``{"params/decoder/...": [shape, dtype]}`` for every array of ``tree`` (arrays or ShapeDtypeStructs)."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): [list(x.shape), str(np.dtype(x.dtype))]
+            for path, x in flat}
+
+
+def tree_diff(stored: Mapping[str, list], wanted: Mapping[str, list], limit: int = 6) -> list[str]:
+    """Human-readable differences between two `tree_spec`s (checkpoint vs. this run)."""
+    diff = []
+    for k in sorted(set(stored) | set(wanted)):
+        a, b = stored.get(k), wanted.get(k)
+        if a is None:
+            diff.append(f"{k}: absent from the checkpoint, this run has {tuple(b[0])} {b[1]}")
+        elif b is None:
+            diff.append(f"{k}: checkpoint has {tuple(a[0])} {a[1]}, absent from this run")
+        elif list(a[0]) != list(b[0]) or a[1] != b[1]:
+            diff.append(f"{k}: checkpoint {tuple(a[0])} {a[1]} vs this run {tuple(b[0])} {b[1]}")
+    if len(diff) > limit:
+        diff = diff[:limit] + [f"... and {len(diff) - limit} more"]
+    return diff
+
+
+def _is_environment_failure(e: BaseException) -> bool:
+    text = f"{type(e).__name__}: {e}"
+    return isinstance(e, (MemoryError, PermissionError)) or any(m in text for m in _ENVIRONMENT_MARKERS)
+
+
+def _is_damage(e: BaseException) -> bool:
+    if _is_environment_failure(e):
+        return False
+    text = f"{type(e).__name__}: {e}"
+    return isinstance(e, (json.JSONDecodeError, FileNotFoundError, EOFError)) or any(
+        m in text for m in _DAMAGE_MARKERS)
+
+
 class Checkpointer:
     """Periodic, atomic, keep-N training checkpoints in ``directory`` (one per step)."""
 
@@ -91,6 +157,8 @@ class Checkpointer:
         self._manager = self._make_manager()
 
     def _make_manager(self) -> ocp.CheckpointManager:
+        # cleanup_tmp_directories removes the half-written steps of a killed run; the caller must hold the run
+        # directory's lock (optiml_jax.run_lock) so that these are never a live run's saves in progress.
         options = ocp.CheckpointManagerOptions(
             max_to_keep=self.config.keep, create=True, enable_async_checkpointing=self.config.async_save,
             cleanup_tmp_directories=True)
@@ -105,18 +173,34 @@ class Checkpointer:
         steps = self.all_steps()
         return steps[-1] if steps else None
 
+    def quarantined(self) -> list[pathlib.Path]:
+        """Steps moved aside as damaged (by this or an earlier run), oldest first."""
+        if not self.directory.is_dir():
+            return []
+        return sorted((p for p in self.directory.iterdir() if QUARANTINE_SUFFIX in p.name and p.is_dir()),
+                      key=lambda p: p.name)
+
     def should_save(self, step: int, last_step: int) -> bool:
         """Periodic schedule plus the final step."""
         every = self.config.save_every
         return step == last_step or (every > 0 and step % every == 0)
 
-    def save(self, step: int, state: Any, input_state: Mapping[str, Any] | None = None) -> None:
-        """Starts saving ``state`` (and the JSON-serialisable input position) as ``step``; may return early."""
+    def save(self, step: int, state: Any, input_state: Mapping[str, Any] | None = None,
+             run: Mapping[str, Any] | None = None) -> None:
+        """Starts saving ``state`` as ``step``; may return before the files are committed (see `wait`).
+
+        Args:
+          step: the step number (the directory name).
+          state: the pytree of (sharded) arrays.
+          input_state: the JSON-serialisable input pipeline position.
+          run: the run's JSON-serialisable record (e.g. model config and gin bindings), returned on restore and
+            handed to the ``check_run`` of `restore_latest`.
+        """
         if step in self._manager.all_steps():
             logger.info("checkpoint for step %d already exists; not overwriting", step)
             return
         meta = {"version": META_VERSION, "step": int(step), "input_state": input_state,
-                "fingerprint": fingerprint(state)}
+                "fingerprint": fingerprint(state), "tree": tree_spec(state), "run": run}
         json.dumps(meta)  # fail now, with the offending value, rather than in the background thread
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
@@ -130,66 +214,145 @@ class Checkpointer:
         self._manager.wait_until_finished()
         self._manager.close()
 
-    def restore(self, step: int, target: Any) -> tuple[Any, dict | None]:
-        """Restores ``step`` onto ``target`` (ShapeDtypeStructs with shardings); verifies the fingerprint.
+    # ---- restore --------------------------------------------------------------------------------------------
+    def read_meta(self, step: int) -> dict:
+        """The ``meta`` item of ``step``; raises `_Damaged` when orbax cannot parse what it committed."""
+        try:
+            meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as e:  # orbax raises FileNotFoundError, JSONDecodeError, ... for a broken item
+            if not _is_damage(e):
+                raise CheckpointError(f"checkpoint step {step} in {self.directory}: its meta item cannot be read "
+                                      f"({type(e).__name__}: {str(e)[:300]}); nothing was moved") from e
+            raise _Damaged(f"its meta item cannot be read ({type(e).__name__}: {str(e)[:300]})") from e
+        if not isinstance(meta, dict) or "fingerprint" not in meta or meta.get("version") not in (1, META_VERSION):
+            raise _Damaged("its meta item is malformed")
+        return meta
 
-        Raises CheckpointError when files are missing or damaged.
+    def _stored_tree(self, step: int, meta: dict) -> dict[str, list]:
+        if "tree" in meta:
+            return meta["tree"]
+        # Version-1 steps: orbax's own array metadata (the state item's _METADATA file).
+        try:
+            md = self._manager.item_metadata(step)["state"]
+        except Exception as e:  # orbax raises many types for an unreadable _METADATA
+            if _is_environment_failure(e):
+                raise CheckpointError(f"checkpoint step {step} in {self.directory}: its metadata cannot be read "
+                                      f"({type(e).__name__}: {str(e)[:300]}); nothing was moved") from e
+            raise _Damaged(f"its array metadata cannot be read ({type(e).__name__}: {str(e)[:300]})") from e
+        tree = getattr(md, "tree", md)
+        return tree_spec(tree)
+
+    def check_structure(self, step: int, target: Any, check_run: Callable[[dict | None], None] | None = None,
+                        meta: dict | None = None) -> dict:
+        """Raises `CheckpointMismatch` unless ``step`` holds what the run asks for; returns the step's meta.
+
+        ``check_run(meta["run"])`` raises (a UserError naming the differing fields) when the run's own record,
+        e.g. its model config, disagrees; it runs first because it names the cause better than array shapes.
         """
+        meta = self.read_meta(step) if meta is None else meta
+        if check_run is not None:
+            try:
+                check_run(meta.get("run"))
+            except CheckpointMismatch:
+                raise
+            except UserError as e:
+                raise CheckpointMismatch(f"{e} (checkpoint {self.directory / str(step)} left untouched)") from None
+        diff = tree_diff(self._stored_tree(step, meta), tree_spec(target))
+        if diff:
+            raise CheckpointMismatch(
+                f"checkpoint {self.directory / str(step)} holds another state tree than this run builds "
+                f"({'; '.join(diff)}); it was left untouched. Resume with the configuration that wrote it "
+                f"(MODEL_DIR/config.gin), or choose another MODEL_DIR")
+        return meta
+
+    def _read(self, step: int, target: Any) -> tuple[Any, dict]:
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
         except Exception as e:  # orbax/tensorstore raise many types for missing or garbled files
-            raise CheckpointError(f"checkpoint step {step} in {self.directory} cannot be read: "
-                                  f"{type(e).__name__}: {str(e)[:500]}") from e
-        meta = out["meta"]
-        if not isinstance(meta, dict) or meta.get("version") != META_VERSION or "fingerprint" not in meta:
-            raise CheckpointError(f"checkpoint step {step} in {self.directory}: meta item is missing or malformed")
-        state = out["state"]
+            if _is_damage(e):
+                raise _Damaged(f"its files cannot be read ({type(e).__name__}: {str(e)[:300]})") from e
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} could not be restored ({type(e).__name__}: "
+                f"{str(e)[:300]}); this does not show that the files are damaged, so nothing was moved. Fix the "
+                "cause (memory, permissions, file system) and rerun") from e
+        state, meta = out["state"], out["meta"]
         got = np.asarray(fingerprint(state))
         want = np.asarray(meta["fingerprint"], dtype=np.float64)
         if got.shape != want.shape or not np.allclose(got, want, rtol=FINGERPRINT_RTOL, atol=1e-6,
                                                       equal_nan=True):
             bad = int(np.argmax(np.abs(got - want))) if got.shape == want.shape else -1
-            raise CheckpointError(
-                f"checkpoint step {step} in {self.directory}: restored arrays do not match their saved "
-                f"fingerprint (array #{bad}); the files are damaged")
-        return state, meta.get("input_state")
+            raise _Damaged(f"its arrays do not match their saved fingerprint (array #{bad})")
+        return state, meta
 
-    def restore_latest(self, target: Any) -> Restored | None:
-        """Restores the newest readable checkpoint; damaged newer ones are reported and moved aside.
+    def restore(self, step: int, target: Any, check_run: Callable[[dict | None], None] | None = None
+                ) -> tuple[Any, dict]:
+        """Restores ``step`` onto ``target`` (ShapeDtypeStructs with shardings) after `check_structure`.
 
-        Returns None when the directory holds no checkpoint at all; raises CheckpointError when every
-        checkpoint is damaged.
+        Returns (state, meta). Raises CheckpointMismatch for another structure, CheckpointError when the files are
+        damaged (read twice, so a passing hiccup is not mistaken for damage) or the restore fails for another
+        reason. Never moves anything.
+        """
+        try:
+            meta = self.check_structure(step, target, check_run)
+            try:
+                return self._read(step, target)
+            except _Damaged:
+                logger.warning("checkpoint step %d failed to restore; reading it once more", step)
+                return self._read(step, target)
+        except _Damaged as e:
+            raise _StepDamaged(step, f"checkpoint step {step} in {self.directory} is damaged: {e}") from e
+
+    def restore_latest(self, target: Any, check_run: Callable[[dict | None], None] | None = None
+                       ) -> Restored | None:
+        """Restores the newest good checkpoint; newer steps proven damaged are reported and moved aside.
+
+        Returns None when the directory holds no checkpoint. Raises CheckpointMismatch (nothing touched) when the
+        checkpoints were written with another structure, NoGoodCheckpoint when every step was damaged, and
+        CheckpointError for failures that do not prove damage.
         """
         skipped: list[tuple[int, str]] = []
         for step in reversed(self.all_steps()):
             try:
-                state, input_state = self.restore(step, target)
-            except CheckpointError as e:
-                logger.error("%s -- falling back to the previous checkpoint", e)
+                state, meta = self.restore(step, target, check_run)
+            except _StepDamaged as e:
+                logger.error("%s -- moving it aside and falling back to the previous checkpoint", e)
                 skipped.append((step, str(e)))
                 self._quarantine(step)
                 continue
-            return Restored(step=step, state=state, input_state=input_state, skipped=skipped)
+            return Restored(step=step, state=state, input_state=meta.get("input_state"), skipped=skipped,
+                            run=meta.get("run"))
         if skipped:
-            raise CheckpointError(
-                f"no readable checkpoint in {self.directory}: every step was damaged "
-                f"({', '.join(str(s) for s, _ in skipped)}); delete the directory to start over")
+            raise NoGoodCheckpoint(
+                f"no readable checkpoint in {self.directory}: every step was damaged and moved aside "
+                f"({', '.join(str(s) for s, _ in skipped)}; kept as <step>{QUARANTINE_SUFFIX})")
         return None
 
-    def _quarantine(self, step: int) -> None:
-        # Keep the damaged files for inspection but out of orbax's sight, so the step can be saved again.
+    def _quarantine(self, step: int) -> pathlib.Path:
+        # Keep the damaged files for inspection but out of orbax's sight, so the step can be saved again. An
+        # earlier quarantined copy of the same step is never overwritten.
         src = self.directory / str(step)
+        dst = self.directory / f"{step}{QUARANTINE_SUFFIX}"
+        n = 2
+        while dst.exists():
+            dst = self.directory / f"{step}{QUARANTINE_SUFFIX}-{n}"
+            n += 1
         if jax.process_index() == 0 and src.exists():
-            dst = self.directory / f"{step}.corrupt"
-            if dst.exists():
-                shutil.rmtree(dst)
             src.rename(dst)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices(f"quarantine_{step}")
         self._manager.reload()
+        return dst
+
+
+class _StepDamaged(CheckpointError):
+    """A step proven damaged (`Checkpointer.restore` read it twice, or its fingerprint disagrees)."""
+
+    def __init__(self, step: int, message: str):
+        super().__init__(message)
+        self.step = step
 
 
 # ---- exported model checkpoints (config.json + params/ + tokenizer/) -----------------------------------------

@@ -26,6 +26,8 @@ from typing import Any
 
 import gin
 
+from optiml_jax import errors
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_SEARCH_PATHS: tuple[str, ...] = (".", str(REPO_ROOT), str(REPO_ROOT / "gin"))
 
@@ -33,7 +35,7 @@ _MACRO_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 _PARAM_RE = re.compile(r"^\s*([A-Za-z_][\w./]*)\.([A-Za-z_]\w*)\s*=")
 
 
-class GinUsageError(ValueError):
+class GinUsageError(errors.UserError):
     """A command-line or gin-file problem, phrased as what to fix."""
 
 
@@ -46,6 +48,7 @@ class GinArgs:
     search_paths: list[str]
     help: bool
     rest: list[str]                       # arguments that are not gin flags
+    verbose: bool = False                 # --verbose: tracebacks for user errors too
 
 
 def split_gin_args(argv: Sequence[str]) -> GinArgs:
@@ -55,6 +58,7 @@ def split_gin_args(argv: Sequence[str]) -> GinArgs:
     paths: list[str] = []
     rest: list[str] = []
     want_help = False
+    verbose = False
     args = list(argv)
     i = 0
 
@@ -71,6 +75,8 @@ def split_gin_args(argv: Sequence[str]) -> GinArgs:
         arg = args[i]
         if arg in ("-h", "--help", "--helpfull"):
             want_help = True
+        elif arg == "--verbose":
+            verbose = True
         elif arg == "--gin_file" or arg.startswith("--gin_file="):
             files.extend(f for f in value_of(arg, "--gin_file").split(",") if f)
         elif arg == "--gin_search_paths" or arg.startswith("--gin_search_paths="):
@@ -89,7 +95,7 @@ def split_gin_args(argv: Sequence[str]) -> GinArgs:
         else:
             rest.append(arg)
         i += 1
-    return GinArgs(files, bindings, paths, want_help, rest)
+    return GinArgs(files, bindings, paths, want_help, rest, verbose)
 
 
 def resolve_gin_file(name: str, search_paths: Sequence[str]) -> str:
@@ -156,6 +162,28 @@ def parse_gin(gin_files: Sequence[str], bindings: Sequence[tuple[str, str] | str
     gin.finalize()
 
 
+def bindings_of(config_str: str) -> dict[str, str]:
+    """``{"train.seq_len": "128", "TRAIN_STEPS": "200", ...}`` from a gin config text as gin writes it.
+
+    One entry per statement; a value continued over several lines (gin indents them or ends lines with ``\\``)
+    is joined with single spaces, so equal configs give equal dicts however they were typed.
+    """
+    out: dict[str, str] = {}
+    key: str | None = None
+    for line in config_str.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line[0].isspace() and key is not None:
+            out[key] = f"{out[key]} {line.strip()}".strip()
+        elif " = " in line:
+            key, value = line.split(" = ", 1)
+            key = key.strip()
+            out[key] = value.strip()
+        if key is not None:
+            out[key] = out[key].rstrip("\\").strip()
+    return out
+
+
 def defined_macros() -> list[str]:
     """Names of the macros bound in the current gin config."""
     names = set()
@@ -210,8 +238,14 @@ def help_text(prog: str, summary: str, configurables: Sequence[tuple[str, Callab
 
 def run_cli(main: Callable[[GinArgs], int | None], argv: Sequence[str] | None = None, *,
             help_fn: Callable[[], str]) -> int:
-    """Parses gin flags from ``argv`` and calls ``main``; usage errors print one clear line and exit 2."""
+    """Parses gin flags from ``argv`` and calls ``main``.
+
+    A `errors.UserError` raised anywhere below (usage, gin, data, checkpoint, run-directory problems) prints one
+    ``error: ...`` line and returns 2; its traceback is shown only with ``--verbose`` or ``OPTIML_VERBOSE=1``.
+    Other exceptions are bugs and propagate with their traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = errors.verbose_requested(argv)
     try:
         args = split_gin_args(argv)
         if args.help:
@@ -223,6 +257,10 @@ def run_cli(main: Callable[[GinArgs], int | None], argv: Sequence[str] | None = 
         if not args.gin_files:
             raise GinUsageError("no --gin_file given (e.g. --gin_file=gin/train/tiny_cpu.gin; see --help)")
         return int(main(args) or 0)
-    except GinUsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except errors.UserError as e:
+        if verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"error: {errors.one_line(e)}", file=sys.stderr)
+        return errors.EXIT_USAGE

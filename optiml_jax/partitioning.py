@@ -24,6 +24,8 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from optiml_jax.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 MESH_AXES: tuple[str, ...] = ("data", "fsdp", "model")
@@ -69,23 +71,23 @@ def resolve_mesh_shape(mesh_shape: Mapping[str, int], num_devices: int) -> tuple
     """
     unknown = sorted(set(mesh_shape) - set(MESH_AXES))
     if unknown:
-        raise ValueError(f"mesh_shape: unknown mesh axes {unknown}; valid axes are {list(MESH_AXES)}")
+        raise UserError(f"mesh_shape: unknown mesh axes {unknown}; valid axes are {list(MESH_AXES)}")
     sizes = [int(mesh_shape.get(axis, 1)) for axis in MESH_AXES]
     for axis, size in zip(MESH_AXES, sizes):
         if size == 0 or size < -1:
-            raise ValueError(f"mesh_shape[{axis!r}] = {size}: sizes must be positive, or -1 to fill")
+            raise UserError(f"mesh_shape[{axis!r}] = {size}: sizes must be positive, or -1 to fill")
     fill = [i for i, s in enumerate(sizes) if s == -1]
     if len(fill) > 1:
-        raise ValueError(f"mesh_shape {dict(mesh_shape)}: only one axis may be -1")
+        raise UserError(f"mesh_shape {dict(mesh_shape)}: only one axis may be -1")
     known = math.prod(s for s in sizes if s != -1)
     if fill:
         if num_devices % known:
-            raise ValueError(
+            raise UserError(
                 f"mesh_shape {dict(mesh_shape)}: the fixed axes ({known} devices) do not divide the "
                 f"{num_devices} available devices")
         sizes[fill[0]] = num_devices // known
     if math.prod(sizes) != num_devices:
-        raise ValueError(
+        raise UserError(
             f"mesh_shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but {num_devices} are "
             "available; set one axis to -1 to fill")
     return tuple(sizes)
@@ -118,12 +120,12 @@ def validate_rules(rules: Sequence[Sequence[Any]]) -> LogicalRules:
     out = []
     for i, rule in enumerate(rules):
         if not isinstance(rule, (tuple, list)) or len(rule) != 2 or not isinstance(rule[0], str):
-            raise ValueError(f"logical_axis_rules[{i}] = {rule!r}: expected a (logical_name, mesh_axes) pair")
+            raise UserError(f"logical_axis_rules[{i}] = {rule!r}: expected a (logical_name, mesh_axes) pair")
         name, target = rule
         targets = target if isinstance(target, (tuple, list)) else (target,)
         for t in targets:
             if t is not None and t not in MESH_AXES:
-                raise ValueError(
+                raise UserError(
                     f"logical_axis_rules[{i}] ({name!r}): unknown mesh axis {t!r}; valid: {list(MESH_AXES)}")
         out.append((name, tuple(target) if isinstance(target, list) else target))
     return tuple(out)
@@ -184,7 +186,7 @@ def host_shard(mesh: Mesh, global_batch_size: int) -> HostShard:
     """
     dp = data_parallel_size(mesh)
     if global_batch_size % dp:
-        raise ValueError(
+        raise UserError(
             f"batch size {global_batch_size} is not divisible by the data-parallel size {dp} "
             f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']})")
     sharding = batch_sharding(mesh, 1)
@@ -194,11 +196,11 @@ def host_shard(mesh: Mesh, global_batch_size: int) -> HostShard:
         rows.update(range(*sl.indices(global_batch_size)))
     start, stop = min(rows), max(rows) + 1
     if len(rows) != stop - start:
-        raise ValueError("this process's devices do not hold a contiguous block of the batch; "
+        raise UserError("this process's devices do not hold a contiguous block of the batch; "
                          "reorder the mesh so that `data` is outermost")
     local = stop - start
     if global_batch_size % local:
-        raise ValueError(f"per-process batch {local} does not divide the global batch {global_batch_size}")
+        raise UserError(f"per-process batch {local} does not divide the global batch {global_batch_size}")
     return HostShard(shard_index=start // local, num_shards=global_batch_size // local, local_batch_size=local)
 
 
@@ -261,7 +263,7 @@ def maybe_initialize_distributed(config: DistributedConfig | None = None) -> boo
     if not address or not num or num <= 1:
         return False
     if pid is None or not 0 <= pid < num:
-        raise ValueError(f"process_id={pid!r} must be set and in [0, {num}) for a {num}-process run "
+        raise UserError(f"process_id={pid!r} must be set and in [0, {num}) for a {num}-process run "
                          "(DistributedConfig.process_id or JAX_PROCESS_ID)")
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if not platforms or "cpu" in platforms.split(","):

@@ -10,11 +10,19 @@ The run writes into ``MODEL_DIR``:
   repeats the steps after its checkpoint, and the later line wins);
 * ``tb/``: TensorBoard event files with the same scalars;
 * ``checkpoints/<step>/``: training checkpoints (state + input position), resumed from automatically;
-* ``final/``: the exported model (config.json + params/ + tokenizer/) that `optiml_jax.load_model` reads.
+* ``final/``: the exported model (config.json + params/ + tokenizer/) that `optiml_jax.load_model` reads;
+* ``config.gin``: the operative gin config, rewritten at the start and at every resume (an earlier, different one
+  is kept as ``config.before-step<N>.gin``); the checkpoints record the same bindings;
+* ``run.lock``: names the process writing the directory; a second run into a live directory is refused.
+
+SIGTERM or SIGINT finishes the current step, saves a checkpoint there and exits with status 75; rerunning the same
+command continues exactly where it stopped (docs/faults.md lists every fault and what the run does).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 import json
 import logging
 import math
@@ -28,8 +36,11 @@ from typing import Any
 import gin
 
 from optiml_jax import checkpoints as ckpt_lib
+from optiml_jax import errors
 from optiml_jax import gin_utils
 from optiml_jax import partitioning
+from optiml_jax import preemption
+from optiml_jax import run_lock
 from optiml_jax import trainer as trainer_lib
 from optiml_jax.models import configs as model_configs  # registers the `model_config` configurable
 
@@ -38,6 +49,14 @@ logger = logging.getLogger("optiml_jax.train")
 FINAL_DIR = "final"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.gin"
+
+# Bindings that do not change what the run computes: a resume may change them without a warning. The mesh is
+# among them because checkpoints reshard on restore.
+_NON_RESULT_BINDINGS = ("MODEL_DIR", "train.model_dir", "train.progress_bar", "train.peak_flops_per_device",
+                        "train.eval_every", "train.heldout_max_batches", "train.heldout_max_examples_per_task",
+                        "train.export_final", "train.start_over_if_damaged", "train.checkpoint", "train.partition",
+                        "train.distributed", "CheckpointConfig.", "PartitionConfig.", "DistributedConfig.")
 
 # Plain dataclasses, made bindable at this edge only.
 for _cls in (trainer_lib.OptimizerConfig, ckpt_lib.CheckpointConfig, partitioning.PartitionConfig,
@@ -72,6 +91,7 @@ def train(
     peak_flops_per_device: float | None = None,
     export_final: bool = True,
     progress_bar: bool = True,
+    start_over_if_damaged: bool = False,
 ) -> dict[str, Any]:
     """Fine-tunes an OPT model on the instruction mixture; resumes from MODEL_DIR's latest checkpoint.
 
@@ -96,19 +116,18 @@ def train(
       peak_flops_per_device: peak FLOP/s of one device for MFU; None measures a matmul at start-up.
       export_final: write MODEL_DIR/final/ at the end.
       progress_bar: show a tqdm bar with ETA on process 0.
+      start_over_if_damaged: when every checkpoint in MODEL_DIR was found damaged (and moved aside), train from
+        the beginning instead of refusing to.
 
     Returns:
-      A summary: final step, last loss, first and last held-out loss, the export path.
+      A summary: final step, last loss, first and last held-out loss, the export path; after SIGTERM/SIGINT,
+      ``preempted`` = {"signal", "step"} and no export.
     """
     # Multi-host set-up must precede any backend use.
     partitioning.maybe_initialize_distributed(distributed)
     import jax
-    import numpy as np
 
-    from optiml_jax import tokenizer as tok_lib
     from optiml_jax.models import convert
-    from optiml_jax.models.opt import OPTForCausalLM
-    from optiml_jax.tasks import pipeline
 
     _validate_args(model_dir, train_steps, batch_size, seq_len, model)
     model_dir_p = pathlib.Path(model_dir).expanduser().absolute()
@@ -123,8 +142,36 @@ def train(
     if data_dir is None and env_dir and not pathlib.Path(env_dir).is_dir():
         raise gin_utils.GinUsageError(f"OPTIML_DATA_DIR={env_dir!r}: no such directory; fix or unset it")
     is_main = jax.process_index() == 0
-    if is_main:
-        model_dir_p.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        lock = _claim_model_dir(model_dir_p, is_main)
+        if lock is not None:
+            stack.callback(lock.release)
+        return _train(
+            model_dir_p=model_dir_p, is_main=is_main, train_steps=train_steps, batch_size=batch_size,
+            seq_len=seq_len, model=model, init_checkpoint=init_checkpoint, optimizer=optimizer,
+            num_microbatches=num_microbatches, seed=seed, mixture=mixture, mixture_config=mixture_config,
+            packing_window=packing_window, data_dir=data_dir, split=split, tokenizer_dir=tokenizer_dir,
+            partition=partition, checkpoint=checkpoint, eval_every=eval_every,
+            heldout_max_examples_per_task=heldout_max_examples_per_task, heldout_max_batches=heldout_max_batches,
+            peak_flops_per_device=peak_flops_per_device, export_final=export_final, progress_bar=progress_bar,
+            start_over_if_damaged=start_over_if_damaged)
+
+
+def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_size: int, seq_len: int,
+           model: model_configs.OPTConfig, init_checkpoint: str | None, optimizer: trainer_lib.OptimizerConfig,
+           num_microbatches: int, seed: int, mixture: str, mixture_config: Any, packing_window: int,
+           data_dir: str | None, split: str | None, tokenizer_dir: str | None,
+           partition: partitioning.PartitionConfig, checkpoint: ckpt_lib.CheckpointConfig, eval_every: int,
+           heldout_max_examples_per_task: int, heldout_max_batches: int | None,
+           peak_flops_per_device: float | None, export_final: bool, progress_bar: bool,
+           start_over_if_damaged: bool) -> dict[str, Any]:
+    """The training run proper, once MODEL_DIR is this process's to write (see `train`)."""
+    import jax
+
+    from optiml_jax import tokenizer as tok_lib
+    from optiml_jax.models import convert
+    from optiml_jax.models.opt import OPTForCausalLM
+    from optiml_jax.tasks import pipeline
 
     # Tokenizer: explicit folder > INIT_CHECKPOINT's > GPT-2 default.
     if tokenizer_dir:
@@ -139,6 +186,12 @@ def train(
 
     mesh = partitioning.create_mesh(partition.mesh_shape)
     logger.info("mesh %s over %d devices (%d processes)", dict(mesh.shape), mesh.size, jax.process_count())
+    dp = partitioning.data_parallel_size(mesh)
+    if batch_size % dp:
+        raise gin_utils.GinUsageError(
+            f"BATCH_SIZE={batch_size} (train.batch_size) is not divisible by the data-parallel size {dp} (mesh "
+            f"{dict(mesh.shape)} over {mesh.size} devices: data x fsdp = {dp}); use a multiple of {dp} or change "
+            "PartitionConfig.mesh_shape")
     optimizer = dataclasses.replace(optimizer, total_steps=train_steps)
     trainer = trainer_lib.Trainer(
         OPTForCausalLM(model),
@@ -153,9 +206,20 @@ def train(
     heldout = _heldout_rows(pipeline, vocab, batch_size, seq_len, data_dir, split, heldout_max_examples_per_task,
                             heldout_max_batches, seed, shard)
 
+    # The operative config is complete once the trainer and the input pipeline have called their configurables.
+    run_record = {"model_config": model.to_dict(), "gin": gin_utils.bindings_of(gin.operative_config_str())}
     checkpointer = ckpt_lib.Checkpointer(model_dir_p / CHECKPOINT_DIR, checkpoint)
     target = partitioning.with_shardings(trainer.abstract_state, trainer.state_shardings)
-    restored = checkpointer.restore_latest(target)
+    try:
+        restored = checkpointer.restore_latest(target, check_run=lambda stored: _check_resume(stored, model))
+    except ckpt_lib.NoGoodCheckpoint as e:
+        if not start_over_if_damaged:
+            raise ckpt_lib.CheckpointError(f"{e}. {_START_OVER_HINT}") from None
+        restored = None
+    if restored is None and checkpointer.quarantined() and not start_over_if_damaged:
+        raise ckpt_lib.CheckpointError(
+            f"{checkpointer.directory} holds no good checkpoint, only steps moved aside as damaged "
+            f"({', '.join(p.name for p in checkpointer.quarantined())}). {_START_OVER_HINT}")
     examples_seen: dict[str, int] = {}
     if restored is not None:
         state = restored.state
@@ -168,6 +232,10 @@ def train(
         examples_seen = dict(meta.get("examples_seen", {}))
         for step, reason in restored.skipped:
             _print(is_main, f"WARNING: checkpoint {step} was damaged and moved aside ({reason})")
+        changed = _changed_bindings((restored.run or {}).get("gin"), run_record["gin"])
+        if changed:
+            _print(is_main, f"WARNING: resuming step {restored.step} with {len(changed)} results-changing "
+                            f"binding(s) that differ from the checkpoint's: {'; '.join(changed)}")
         _print(is_main, f"resumed from {checkpointer.directory}/{restored.step}")
     elif init_checkpoint:
         params = convert.load_params(init_checkpoint, convert.load_config(init_checkpoint),
@@ -179,13 +247,18 @@ def train(
         state = trainer.init_state()
         _print(is_main, f"initialised {model.name or 'model'} ({model.num_params():,} parameters) from scratch")
     start_step = int(jax.device_get(state.step))
+    if is_main:
+        _write_config(model_dir_p, start_step, resumed=restored is not None)
 
     peak = (peak_flops_per_device * jax.device_count() if peak_flops_per_device
             else trainer_lib.measure_peak_flops(_jnp_dtype(model.dtype)))
     timer = trainer_lib.StepTimer(model.flops_per_token(seq_len), peak)
     writer = _MetricsWriter(model_dir_p, enabled=is_main)
     summary: dict[str, Any] = {"start_step": start_step}
+    stop = preemption.Preemption()
+    bar = None
     try:
+        stop.install()
         if heldout:
             summary["first_heldout_loss"] = _log_heldout(trainer, state, heldout, start_step, writer, is_main)
         bar = _progress(train_steps, start_step, enabled=is_main and progress_bar)
@@ -220,13 +293,23 @@ def train(
             if heldout and eval_every > 0 and done % eval_every == 0 and done != train_steps:
                 _log_heldout(trainer, state, heldout, done, writer, is_main)
                 paused = True
-            if checkpointer.should_save(done, train_steps):
-                checkpointer.save(done, state, {"input": data.state(), "examples_seen": examples_seen})
+            preempted = stop.should_stop(done)
+            if checkpointer.should_save(done, train_steps) or preempted:
+                checkpointer.save(done, state, {"input": data.state(), "examples_seen": examples_seen},
+                                  run=run_record)
                 paused = True
+            if preempted:
+                checkpointer.wait()
+                summary.update(final_step=done, last_loss=last_loss, examples_seen=examples_seen,
+                               preempted={"signal": stop.signal_name, "step": done})
+                _print(is_main, f"{stop.signal_name}: stopped after step {done}; checkpoint saved to "
+                                f"{checkpointer.directory}/{done}. Rerun the same command to continue.")
+                return summary
             if paused:  # throughput counts training only, not evaluation or checkpoint writes
                 timer.start()
         if bar is not None:
             bar.close()
+        stop.uninstall()  # past the last step a signal needs no checkpoint: the default behaviour comes back
         checkpointer.wait()
         final_step = int(jax.device_get(state.step))
         summary.update(final_step=final_step, last_loss=last_loss, examples_seen=examples_seen)
@@ -237,12 +320,115 @@ def train(
             summary["exported"] = str(out)
             _print(is_main, f"final model written to {out} (load with optiml_jax.load_model({str(out)!r}))")
     finally:
+        stop.uninstall()
+        if bar is not None:
+            bar.close()
         checkpointer.close()
         writer.close()
     return summary
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------
+
+_START_OVER_HINT = ("Nothing was deleted and training did not start over (that would overwrite final/). Inspect "
+                    "the damaged steps; to train from the beginning anyway, rerun with "
+                    "--gin.optiml_jax.train.start_over_if_damaged=True")
+
+
+def _claim_model_dir(model_dir: pathlib.Path, is_main: bool) -> run_lock.RunLock | None:
+    """Creates MODEL_DIR, checks it is writable and takes its lock (process 0); every process learns the outcome."""
+    import jax
+
+    error = ""
+    lock = None
+    if is_main:
+        try:
+            _ensure_writable(model_dir)
+            lock = run_lock.RunLock(model_dir).acquire()
+        except errors.UserError as e:
+            error = str(e)
+    if jax.process_count() > 1:
+        import numpy as np
+        from jax.experimental import multihost_utils
+
+        failed = int(multihost_utils.broadcast_one_to_all(np.int32(bool(error))))
+        if failed and not is_main:
+            raise gin_utils.GinUsageError(f"MODEL_DIR={str(model_dir)!r}: process 0 could not claim it (see the "
+                                          "error line of process 0)")
+    if error:
+        raise gin_utils.GinUsageError(error)
+    return lock  # a stale lock taken over was logged as a warning by run_lock
+
+
+def _ensure_writable(model_dir: pathlib.Path) -> None:
+    import tempfile
+
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise gin_utils.GinUsageError(f"MODEL_DIR={str(model_dir)!r} exists and is not a folder") from None
+    except OSError as e:
+        raise gin_utils.GinUsageError(
+            f"MODEL_DIR={str(model_dir)!r}: cannot create it ({e.strerror}: {e.filename}); choose a writable "
+            "folder, e.g. --gin.MODEL_DIR=\"'runs/my_run'\"") from None
+    try:
+        with tempfile.NamedTemporaryFile(dir=model_dir, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise gin_utils.GinUsageError(
+            f"MODEL_DIR={str(model_dir)!r} is not writable ({e.strerror}); fix its permissions or choose another "
+            "folder") from None
+
+
+def _check_resume(stored_run: Mapping[str, Any] | None, model: model_configs.OPTConfig) -> None:
+    """Raises when the checkpoint's recorded model config is another architecture than this run's."""
+    if not stored_run or "model_config" not in stored_run:
+        return  # written before runs recorded themselves: the state-tree comparison still applies
+    stored = dict(stored_run["model_config"])
+    fields = model_configs.ARCHITECTURE_FIELDS + ("param_dtype",)
+    diff = [f"{f}: checkpoint {stored.get(f)!r} vs this run {getattr(model, f)!r}" for f in fields
+            if stored.get(f) != getattr(model, f)]
+    if diff:
+        raise gin_utils.GinUsageError(
+            f"MODEL_DIR holds checkpoints of another model config ({'; '.join(diff)}). Resume with the model config "
+            "that wrote them (see MODEL_DIR/config.gin), or choose another MODEL_DIR")
+
+
+def _changed_bindings(stored: Mapping[str, str] | None, current: Mapping[str, str]) -> list[str]:
+    """``"name: checkpoint A vs this run B"`` for the results-changing bindings that differ."""
+    if not stored:
+        return []
+
+    def relevant(name: str) -> bool:
+        return not any(name == x or (x.endswith(".") and name.startswith(x)) for x in _NON_RESULT_BINDINGS)
+
+    names = sorted(n for n in set(stored) | set(current) if relevant(n) and stored.get(n) != current.get(n))
+    return [f"{n}: checkpoint {stored.get(n, '(unset)')} vs this run {current.get(n, '(unset)')}" for n in names]
+
+
+def _write_config(model_dir: pathlib.Path, step: int, resumed: bool) -> pathlib.Path:
+    """Writes MODEL_DIR/config.gin (atomically); a previous, different one is kept beside it."""
+    import socket
+
+    path = model_dir / CONFIG_FILE
+    body = gin.operative_config_str()
+    if path.exists():
+        old = path.read_text(encoding="utf-8")
+        if gin_utils.bindings_of(old) != gin_utils.bindings_of(body):
+            keep = model_dir / f"config.before-step{step}.gin"
+            n = 2
+            while keep.exists():
+                keep = model_dir / f"config.before-step{step}-{n}.gin"
+                n += 1
+            path.rename(keep)
+    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    header = (f"# Operative gin config of optiml_jax.train, written when the run {'resumed' if resumed else 'started'}"
+              f" at step {step}\n# {now} on {socket.gethostname()}: {' '.join(sys.argv)}\n\n")
+    tmp = path.with_name(f".{CONFIG_FILE}.tmp-{os.getpid()}")
+    tmp.write_text(header + body, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
 
 def _validate_args(model_dir, train_steps, batch_size, seq_len, model) -> None:
     if not model_dir or not isinstance(model_dir, (str, os.PathLike)):
@@ -254,6 +440,15 @@ def _validate_args(model_dir, train_steps, batch_size, seq_len, model) -> None:
             raise gin_utils.GinUsageError(f"{macro} (train.{name}) must be a positive integer, got {value!r}")
     if not isinstance(model, model_configs.OPTConfig):
         raise gin_utils.GinUsageError(f"train.model must be an OPTConfig (e.g. @model_config()), got {model!r}")
+    if seq_len < 2:
+        raise gin_utils.GinUsageError(f"train.seq_len={seq_len}: a packed row needs at least 2 tokens (an input and "
+                                      "its target); use e.g. --gin.optiml_jax.train.seq_len=128")
+    for field in ("dtype", "param_dtype"):
+        if getattr(model, field) == "float16":
+            raise gin_utils.GinUsageError(
+                f"model_config.{field}='float16': training in float16 needs loss scaling, which optiml_jax.train does "
+                "not do, so small gradients would underflow to 0 silently. Train in 'bfloat16' (same memory, the "
+                "float32 exponent range) or 'float32'; float16 is fine for evaluation and inference")
     if seq_len > model.max_position_embeddings:
         raise gin_utils.GinUsageError(
             f"train.seq_len={seq_len} exceeds the model's max_position_embeddings={model.max_position_embeddings}")
@@ -261,11 +456,7 @@ def _validate_args(model_dir, train_steps, batch_size, seq_len, model) -> None:
 
 def _check_init_config(stored: model_configs.OPTConfig, wanted: model_configs.OPTConfig, path: str) -> None:
     # Shapes and architecture must agree; dtype, dropout, remat and kernels may differ on purpose.
-    fields = ("vocab_size", "hidden_size", "num_hidden_layers", "ffn_dim", "num_attention_heads",
-              "max_position_embeddings", "word_embed_proj_dim", "do_layer_norm_before", "remove_final_layer_norm",
-              "enable_bias", "layer_norm_elementwise_affine")
-    diff = [f"{f}: checkpoint {getattr(stored, f)!r} vs model_config {getattr(wanted, f)!r}"
-            for f in fields if getattr(stored, f) != getattr(wanted, f)]
+    diff = [f"{f}: checkpoint {a!r} vs model_config {b!r}" for f, a, b in stored.architecture_diff(wanted)]
     if diff:
         raise gin_utils.GinUsageError(
             f"INIT_CHECKPOINT={path!r} does not match the run's model config ({'; '.join(diff)}); bind "
@@ -414,28 +605,18 @@ def _main(args: gin_utils.GinArgs) -> int:
     from optiml_jax.tasks import catalogue, mixtures, splits  # noqa: F401
 
     gin_utils.parse_gin(args.gin_files, args.gin_bindings, args.search_paths)
+    # UserErrors (usage, data, checkpoint, run-directory problems) become one line in gin_utils.run_cli.
     try:
         summary = train()
-    except (gin_utils.GinUsageError, ckpt_lib.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except trainer_lib.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 3
+        return errors.EXIT_NON_FINITE
     except FileNotFoundError as e:
-        print(f"error: {e}\n(unset OPTIML_DATA_DIR to train on the embedded suite, or point it at a data folder "
-              "laid out as described in README.md, 'Real data')", file=sys.stderr)
-        return 2
-    except Exception as e:
-        # Errors from the data and model layers name their file/field; show them without a traceback wall.
-        from optiml_jax.models.convert import CheckpointError as ConvertError
-
-        if isinstance(e, ConvertError):
-            print(f"error: INIT_CHECKPOINT: {e}", file=sys.stderr)
-            return 2
-        raise
+        raise gin_utils.GinUsageError(
+            f"{e} (unset OPTIML_DATA_DIR to train on the embedded suite, or point it at a data folder laid out as "
+            "described in README.md, 'Real data')") from e
     print(json.dumps({k: v for k, v in summary.items() if k != "examples_seen"}), flush=True)
-    return 0
+    return errors.EXIT_PREEMPTED if summary.get("preempted") else errors.EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:

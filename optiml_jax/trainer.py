@@ -24,6 +24,7 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding
 
 from optiml_jax import partitioning
+from optiml_jax.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +50,14 @@ class OptimizerConfig:
     grad_clip: float = 1.0        # global-norm clipping; <= 0 disables
 
     def validate(self) -> None:
-        """Raises ValueError naming the field at fault."""
+        """Raises UserError naming the field at fault."""
         if not self.learning_rate > 0:
-            raise ValueError(f"OptimizerConfig.learning_rate must be > 0, got {self.learning_rate}")
+            raise UserError(f"OptimizerConfig.learning_rate must be > 0, got {self.learning_rate}")
         if self.warmup_steps < 0 or self.total_steps <= 0:
-            raise ValueError(f"OptimizerConfig: warmup_steps ({self.warmup_steps}) must be >= 0 and "
+            raise UserError(f"OptimizerConfig: warmup_steps ({self.warmup_steps}) must be >= 0 and "
                              f"total_steps ({self.total_steps}) > 0")
         if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
-            raise ValueError(f"OptimizerConfig.b1/b2 must be in [0, 1), got {self.b1}, {self.b2}")
+            raise UserError(f"OptimizerConfig.b1/b2 must be in [0, 1), got {self.b1}, {self.b2}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,9 +74,9 @@ class TrainerConfig:
         self.optimizer.validate()
         m = self.num_microbatches
         if m < 1:
-            raise ValueError(f"TrainerConfig.num_microbatches must be >= 1, got {m}")
+            raise UserError(f"TrainerConfig.num_microbatches must be >= 1, got {m}")
         if global_batch_size % m or (global_batch_size // m) % data_parallel:
-            raise ValueError(
+            raise UserError(
                 f"TrainerConfig.num_microbatches={m}: batch size {global_batch_size} must split into {m} "
                 f"microbatches each divisible by the data-parallel size {data_parallel}")
 

@@ -14,7 +14,15 @@ from typing import Any, Mapping
 
 import gin
 
+from optiml_jax.errors import UserError
+
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+# Fields that define the parameters' shapes and the computation: a checkpoint that differs in any of them holds
+# another model. dtype, dropout, remat and attention kernel may differ on purpose between runs of one model.
+ARCHITECTURE_FIELDS: tuple[str, ...] = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "ffn_dim", "num_attention_heads", "max_position_embeddings",
+    "word_embed_proj_dim", "do_layer_norm_before", "remove_final_layer_norm", "enable_bias",
+    "layer_norm_elementwise_affine")
 ATTENTION_KERNELS: tuple[str, ...] = (
     "xla",    # explicit einsum + f32 softmax; supports every feature (attention dropout, any mask)
     "cudnn",  # jax.nn.dot_product_attention(implementation="cudnn"): fused, GPU only, bf16/f16, no dropout
@@ -114,6 +122,11 @@ class OPTConfig:
             raise ValueError(f"unknown OPTConfig field(s) {unknown}; valid fields: "
                              f"{[f.name for f in dataclasses.fields(self)]}")
         return dataclasses.replace(self, **changes)
+
+    def architecture_diff(self, other: "OPTConfig", fields: tuple[str, ...] = ARCHITECTURE_FIELDS
+                          ) -> list[tuple[str, Any, Any]]:
+        """``(field, self's value, other's value)`` for every architecture field where the two configs differ."""
+        return [(f, getattr(self, f), getattr(other, f)) for f in fields if getattr(self, f) != getattr(other, f)]
 
     # ----------------------------------------------------------------------------------------------------------
     def num_params(self) -> int:
@@ -259,7 +272,12 @@ def get_config(name: str) -> OPTConfig:
 @gin.configurable
 def model_config(name: str = "tiny-cpu", **overrides: Any) -> OPTConfig:
     """Gin entry point: `get_config(name)` with field overrides (e.g. `model_config.dtype = "bfloat16"`)."""
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(OPTConfig)})
+    if unknown:
+        raise UserError(f"model_config.{unknown[0]}: OPTConfig has no field {unknown[0]!r} (check the spelling of "
+                        f"--gin.optiml_jax.models.configs.model_config.{unknown[0]}=...); valid fields: "
+                        f"{', '.join(f.name for f in dataclasses.fields(OPTConfig))}")
     try:
         return get_config(name).replace(**overrides)
     except ValueError as e:
-        raise ValueError(f"model_config(name={name!r}): {e}") from None
+        raise UserError(f"model_config(name={name!r}): {e}") from None
