@@ -1,7 +1,10 @@
 """Command line: benchmark report and leakage audit.
 
     python -m optiml_jax.tasks --report [--data_dir D] [--split S] [--eps N] [--max_tasks K]
-    python -m optiml_jax.tasks leakage [--threshold 0.01] [--drop] [--out FILE] [--data_dir D] [--split S]
+    python -m optiml_jax.tasks leakage [--threshold 0.01] [--out FILE] [--data_dir D] [--split S]
+
+`leakage` audits the bench without its current decisions and writes the decisions TSV (default
+tasks/leakage_decisions.tsv, which every training mixture applies; see optiml_jax/tasks/leakage.py).
 """
 from __future__ import annotations
 
@@ -65,21 +68,19 @@ def _report(args) -> int:
 
 
 def _leakage(args) -> int:
-    bench = pipeline.get_bench(args.data_dir, args.split)
+    # The audit must not see its own decisions: a bench without them makes the output a pure function of the
+    # data (rerunning it on the same data rewrites the same file).
+    bench = pipeline.get_bench(args.data_dir, args.split, apply_leakage_decisions=False)
     start = time.perf_counter()
-    flagged, summary = leakage.audit_bench(bench, threshold=args.threshold)
+    decisions, _flagged, summary = leakage.audit_bench(bench, threshold=args.threshold)
     summary["seconds"] = round(time.perf_counter() - start, 1)
-    print(f"{'train task':<58}{'eval task':<58}{'overlap':>9}")
-    for o in flagged:
-        print(f"{o.train_task[:57]:<58}{o.eval_task[:57]:<58}{100 * o.fraction:>8.1f}%"
-              f"  ({o.overlapping}/{o.total})")
+    print(f"{'train task':<58}{'eval task':<58}{'overlap':>8}  decision  rule")
+    for d in decisions:
+        print(f"{d.train_task[:57]:<58}{d.eval_task[:57]:<58}{100 * d.overlap:>7.1f}%  {d.decision:<8}  {d.rule}")
     print(json.dumps(summary))
-    if args.drop:
-        drop = sorted({o.train_task for o in flagged})
-        path = leakage.write_exclusions(drop, args.out)
-        print(f"excluding {len(drop)} train tasks -> {path}")
-        for name in drop:
-            print(name)
+    path = leakage.write_decisions(decisions, args.out)
+    drops = leakage.dropped_train_tasks(decisions)
+    print(f"{len(decisions)} decisions ({len(drops)} train tasks dropped) -> {path}")
     return 0
 
 
@@ -95,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eps", type=int, default=4096)
     parser.add_argument("--max_tasks", type=int, default=30, help="tasks listed in the rate report")
     parser.add_argument("--threshold", type=float, default=leakage.DEFAULT_THRESHOLD)
-    parser.add_argument("--drop", action="store_true", help="write the offending train tasks to the exclusion list")
-    parser.add_argument("--out", default=None, help="exclusion list path (default: leakage.exclusions_path())")
+    parser.add_argument("--out", default=None, help="decisions TSV to write (default: leakage.decisions_path(), "
+                        "tasks/leakage_decisions.tsv or $OPTIML_LEAKAGE_DECISIONS)")
     args = parser.parse_args(argv)
     if args.command == "leakage":
         if not 0 <= args.threshold < 1:

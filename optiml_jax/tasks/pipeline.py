@@ -63,7 +63,9 @@ class Bench:
       is_heldout: (task name, example id) -> True when the instance is held out of training (supervised level).
       eval_instance_split: (task name, example id) -> "validation" | "test" for held-out instances of
         training tasks (which evaluation split uses them); None when both may.
-      excluded: training task names to drop (e.g. from the leakage audit).
+      excluded: training task names to drop from every mixture (the leakage audit's drops).
+      leakage_drops: task -> reason for the training tasks the leakage audit's decisions dropped (the
+        split already excludes them; kept here for reports).
       heldout_category_splits: category -> eval split that holds it out (from the split definition).
       source_splits: task -> its split in its source benchmark (catalogue ``source_split``; missing = "train").
       roles: task -> role under this split definition (``splits.resolve``); missing = the catalogue's
@@ -82,6 +84,7 @@ class Bench:
     is_heldout: Callable[[str, str], bool]
     eval_instance_split: Callable[[str, str], str | None] | None = None
     excluded: frozenset[str] = frozenset()
+    leakage_drops: Mapping[str, str] = dataclasses.field(default_factory=dict)
     heldout_category_splits: Mapping[str, str] = dataclasses.field(default_factory=dict)
     source_splits: Mapping[str, str] = dataclasses.field(default_factory=dict)
     roles: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -89,6 +92,7 @@ class Bench:
     load_demos: Callable[[TaskInfo], list[Example]] | None = None
     _examples: dict[str, list[Example]] = dataclasses.field(default_factory=dict, repr=False)
     _train: dict[str, list[Example]] = dataclasses.field(default_factory=dict, repr=False)
+    _contained: dict[str, frozenset[str]] | None = dataclasses.field(default=None, repr=False)
 
     def info(self, name: str) -> TaskInfo:
         """TaskInfo of a task; the error names the split and a few close names."""
@@ -109,10 +113,40 @@ class Bench:
         """The task's own prompt demonstrations (BBH: the 3 chain-of-thought examples); [] when it has none."""
         return list(self.load_demos(self.info(name))) if self.load_demos is not None else []
 
-    def train_examples(self, name: str) -> list[Example]:
-        """Examples a training task may be trained on (held-out instances removed; cached)."""
+    def _own_train_examples(self, name: str) -> list[Example]:
+        return [e for e in self.examples(name) if not self.is_heldout(name, e.id)]
+
+    def contained_instances(self) -> dict[str, frozenset[str]]:
+        """Training task -> ids of its training instances whose text contains the whole input of an evaluated
+        instance (any split, any level); `train_examples` leaves them out. Computed once (cached).
+
+        Task-level decisions cannot catch these: a PromptSource dataset renders one example through several
+        templates, so holding out one rendering leaves the same passage in the others; a few instances recur
+        verbatim across tasks of different sources.
+        """
+        if self._contained is None:
+            from optiml_jax.tasks import leakage  # a leaf of the data layer
+
+            queries = [e.input for (split, _), names in sorted(self.eval_tasks.items()) for n in names
+                       for e in self.eval_pool(n, split)]
+            own = {n: self._own_train_examples(n) for n in self.train_tasks}
+            hits = leakage.find_contained({n: [leakage.example_text(e) for e in exs] for n, exs in own.items()},
+                                          queries)
+            self._contained = {n: frozenset(own[n][i].id for i in d) for n, d in hits.items()}
+            if hits:
+                logger.info("held-out instance text found in %d training instances of %d tasks; left out",
+                            sum(map(len, hits.values())), len(hits))
+        return self._contained
+
+    def train_examples(self, name: str, *, drop_contained: bool = True) -> list[Example]:
+        """Examples a training task may be trained on (cached): its held-out instances removed, and for the
+        split's training tasks also every instance containing an evaluated instance (`contained_instances`;
+        ``drop_contained=False`` keeps those, for the task-level leakage audit, which measures the raw tasks)."""
+        if not drop_contained:
+            return self._own_train_examples(name)
         if name not in self._train:
-            self._train[name] = [e for e in self.examples(name) if not self.is_heldout(name, e.id)]
+            drop = self.contained_instances().get(name, frozenset()) if name in self.train_tasks else frozenset()
+            self._train[name] = [e for e in self._own_train_examples(name) if e.id not in drop]
         return self._train[name]
 
     def level_of(self, name: str, split: str) -> str:
@@ -230,38 +264,38 @@ def default_split(data_dir: str | None) -> str:
     return "optiml" if data_dir else "embedded"
 
 
-def _read_exclusions(data_dir: str | None) -> frozenset[str]:
-    # The leakage audit's --drop writes this list; see optiml_jax/tasks/leakage.py.
-    from optiml_jax.tasks import leakage
-
-    return frozenset(leakage.read_exclusions(data_dir))
-
-
 @functools.lru_cache(maxsize=8)
-def _bench_cached(data_dir: str | None, split: str, gin_config: str) -> Bench:
+def _bench_cached(data_dir: str | None, split: str, gin_config: str, apply_leakage_decisions: bool) -> Bench:
     del gin_config  # cache key only: new gin bindings (custom splits) give a new Bench
-    from optiml_jax.tasks import catalogue, sources, splits  # the data layer
+    from optiml_jax.tasks import catalogue, leakage, sources, splits  # the data layer
 
     cat = catalogue.load_catalogue(data_dir)
-    resolved = splits.resolved(split, data_dir)
+    resolved = splits.resolved(split, data_dir, apply_leakage_decisions=apply_leakage_decisions)
+    drops = leakage.active_drops() if apply_leakage_decisions else {}
     eval_tasks = {(s, level): tuple(resolved.eval[(s, level)]) for s in EVAL_SPLITS for level in LEVELS}
     return Bench(
         split_name=split, data_dir=data_dir, catalogue=cat, train_tasks=tuple(resolved.train),
         eval_tasks=eval_tasks, load=lambda task: sources.load_examples(task, data_dir),
         is_heldout=resolved.is_heldout_instance, eval_instance_split=resolved.heldout_split_of,
-        excluded=_read_exclusions(data_dir),
+        excluded=frozenset(n for n in drops if resolved.excluded.get(n) == drops[n]),
+        leakage_drops={n: r for n, r in drops.items() if resolved.excluded.get(n) == r},
         heldout_category_splits={c: s for s, cats in resolved.heldout_categories.items() for c in cats},
         source_splits=catalogue.source_splits(data_dir), roles=dict(resolved.roles),
         trainable_eval_only=tuple(resolved.split.train_eval_only_benchmarks),
         load_demos=lambda task: sources.load_demonstrations(task, data_dir))
 
 
-def get_bench(data_dir: str | os.PathLike | None = None, split: str | None = None) -> Bench:
-    """The (cached) `Bench` for a data dir and split definition (defaults per `default_split`)."""
+def get_bench(data_dir: str | os.PathLike | None = None, split: str | None = None, *,
+              apply_leakage_decisions: bool = True) -> Bench:
+    """The (cached) `Bench` for a data dir and split definition (defaults per `default_split`).
+
+    ``apply_leakage_decisions=False`` keeps the train tasks the leakage audit drops (the audit needs that
+    bench; ablations use the gin switch ``leakage_decisions.apply = False`` instead).
+    """
     import gin
 
     d = resolve_data_dir(data_dir)
-    return _bench_cached(d, split or default_split(d), gin.config_str())
+    return _bench_cached(d, split or default_split(d), gin.config_str(), bool(apply_leakage_decisions))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -189,7 +189,8 @@ def check_no_heldout_training(resolved: ResolvedSplit) -> None:
 def resolve(split: Split, catalogue: Mapping[str, TaskInfo] | None = None, *,
             data_dir: str | os.PathLike | None = None,
             source_splits: Mapping[str, str] | None = None,
-            available: Callable[[TaskInfo], bool] | None = None) -> ResolvedSplit:
+            available: Callable[[TaskInfo], bool] | None = None,
+            leakage_drops: Mapping[str, str] | None = None) -> ResolvedSplit:
     """Assign every catalogue task a role under ``split``.
 
     Args:
@@ -199,6 +200,9 @@ def resolve(split: Split, catalogue: Mapping[str, TaskInfo] | None = None, *,
         tasks missing from it count as "train").
       available: optional predicate "this task has data"; tasks without data are excluded, and
         levels are then computed from the tasks that can actually train.
+      leakage_drops: training task -> reason, from the leakage audit's decisions (`leakage.active_drops`);
+        those tasks are excluded before the supervised level is chosen, so a dropped task is neither
+        trained on nor evaluated as supervised.
     """
     if catalogue is None or source_splits is None:
         from optiml_jax.tasks import catalogue as cat_mod
@@ -261,6 +265,15 @@ def resolve(split: Split, catalogue: Mapping[str, TaskInfo] | None = None, *,
             src = catalogue[name].source_dataset
             if src and src in eval_sources:
                 excluded[name] = f"shares data source {src!r} with eval task {eval_sources[src]!r}"
+            else:
+                kept.append(name)
+        train_cands = kept
+
+    if leakage_drops:
+        kept = []
+        for name in train_cands:
+            if name in leakage_drops:
+                excluded[name] = leakage_drops[name]
             else:
                 kept.append(name)
         train_cands = kept
@@ -503,10 +516,11 @@ def get_split(name: str) -> Split:
 
 
 @functools.lru_cache(maxsize=16)
-def _resolved_cached(split_name: str, data_dir: str | None, gin_config: str) -> ResolvedSplit:
+def _resolved_cached(split_name: str, data_dir: str | None, gin_config: str,
+                     leakage_drops: tuple[tuple[str, str], ...]) -> ResolvedSplit:
     del gin_config  # part of the cache key only: a new gin binding gives a new resolution
     split = get_split(split_name)
-    result = resolve(split, data_dir=data_dir)
+    result = resolve(split, data_dir=data_dir, leakage_drops=dict(leakage_drops))
     if split.train_eval_only_benchmarks and not result.train:
         # A split made for an optional benchmark (e.g. "bigbench") is useless without it: say why it is missing.
         from optiml_jax.tasks import catalogue as cat_mod
@@ -517,10 +531,19 @@ def _resolved_cached(split_name: str, data_dir: str | None, gin_config: str) -> 
     return result
 
 
-def resolved(split_name: str, data_dir: str | os.PathLike | None = None) -> ResolvedSplit:
-    """``resolve(get_split(split_name))`` over the full catalogue, cached."""
+def resolved(split_name: str, data_dir: str | os.PathLike | None = None, *,
+             apply_leakage_decisions: bool = True) -> ResolvedSplit:
+    """``resolve(get_split(split_name))`` over the full catalogue, cached.
+
+    The leakage audit's decisions (`leakage.active_drops`: the committed tasks/leakage_decisions.tsv unless gin
+    says ``leakage_decisions.apply = False``) are applied unless ``apply_leakage_decisions`` is False (the audit
+    itself resolves without them, so that rerunning it reproduces its file).
+    """
+    from optiml_jax.tasks import leakage
+
+    drops = tuple(sorted(leakage.active_drops().items())) if apply_leakage_decisions else ()
     return _resolved_cached(split_name, None if data_dir is None else str(data_dir),
-                            gin.config_str())
+                            gin.config_str(), drops)
 
 
 def is_heldout_instance(task_name: str, example_id: str, split_name: str,
