@@ -20,7 +20,8 @@ from typing import Any, Sequence
 
 import gin
 
-from optiml_jax import gin_utils
+from optiml_jax import gin_utils, partitioning
+from optiml_jax import train as _train  # noqa: F401  (registers optiml_jax.PartitionConfig / DistributedConfig)
 from optiml_jax.models import configs as _configs  # noqa: F401  (registers model_config for the gin files)
 from optiml_jax.tasks.schema import LEVELS
 
@@ -68,7 +69,11 @@ def run_eval(
     compare_checkpoint: str | None = None,
     expected_model: Any = None,
     batch_size: int = 8,
+    token_budget: int | None = 8192,
     dtype: str | None = None,
+    param_dtype: str = "bfloat16",
+    partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
+    distributed: partitioning.DistributedConfig = partitioning.DistributedConfig(),
     progress: bool = True,
     protocol: str = "heldout",
     bbh_modes: Sequence[str] = ("answer_only", "cot"),
@@ -86,7 +91,15 @@ def run_eval(
       compare_checkpoint: also evaluate this checkpoint and report the gains of ``checkpoint`` over it.
       expected_model: an OPTConfig (e.g. ``@optiml_jax.models.configs.model_config()``); a checkpoint with a
         different architecture is refused.
-      batch_size: prompts per device call. dtype: compute dtype override (e.g. "bfloat16").
+      batch_size: prompts per device call at most; token_budget: padded prompt tokens per call at most
+        (examples are sorted by length into batches; see `optiml_jax.inference.Predictor`).
+      dtype: compute dtype override (default: param_dtype).
+      param_dtype: serving dtype the weights are restored in, "bfloat16" (default) or "float32".
+      partition: mesh shape and logical axis rules, exactly as in training
+        (``--gin.optiml_jax.PartitionConfig.mesh_shape="{'data': 2, 'fsdp': 2, 'model': 2}"``); every parameter
+        is restored straight into its shard.
+      distributed: multi-host set-up (`optiml_jax.DistributedConfig`): every process runs the same evaluation
+        over the global mesh and process 0 writes the files.
       progress: show a progress bar.
       protocol: "heldout" (the split's three generalization levels) or "bbh" (BIG-Bench Hard, Table 14: uses
         tasks, max_examples, max_new_tokens (chain of thought), answer_only_max_new_tokens, bbh_modes, seed,
@@ -94,6 +107,8 @@ def run_eval(
       bbh_modes: BBH prompt modes, "answer_only" and/or "cot".
       answer_only_max_new_tokens: BBH generation limit without chain of thought.
     """
+    # Multi-host set-up must precede any backend use.
+    partitioning.maybe_initialize_distributed(distributed)
     from optiml_jax import evaluation, inference
 
     if protocol not in PROTOCOLS:
@@ -115,12 +130,16 @@ def run_eval(
     ckpt = inference.resolve_checkpoint(checkpoint)
     if expected_model is not None:
         check_model_config(ckpt, expected_model)
-    predictor = inference.Predictor.from_checkpoint(ckpt, dtype=dtype, batch_size=batch_size, name="trained")
+    mesh = partitioning.create_mesh(partition.mesh_shape)
+    serving = dict(dtype=dtype, param_dtype=param_dtype, mesh=mesh,
+                   rules=partitioning.validate_rules(partition.logical_axis_rules), batch_size=batch_size,
+                   token_budget=token_budget)
+    predictor = inference.Predictor.from_checkpoint(ckpt, name="trained", **serving)
     predictors, labels = [predictor], [_label(checkpoint, "trained")]
     predictor.name = labels[0]
     if compare_checkpoint is not None:
         other = inference.Predictor.from_checkpoint(
-            inference.resolve_checkpoint(compare_checkpoint), dtype=dtype, batch_size=batch_size)
+            inference.resolve_checkpoint(compare_checkpoint), **serving)
         other.name = _label(compare_checkpoint, "baseline")
         if other.name == predictor.name:
             other.name += " (B)"
@@ -134,11 +153,15 @@ def run_eval(
 
     if protocol == "bbh":
         out = evaluation.evaluate_bbh_models(predictors, labels, cfg, output_dir, progress=progress)
+        if not partitioning.is_output_process():
+            return {"labels": labels, **out}
         print(f"\nreport:  {out['report']}\nresults: {out['summary']}")
         with open(out["report"]) as f:
             print(f.read())
         return {"labels": labels, **out}
     out = evaluation.evaluate_models(predictors, labels, cfg, output_dir, progress=progress)
+    if not partitioning.is_output_process():
+        return {"labels": labels, **out}
     print(f"\nreport:  {out['report']}")
     for lab in labels:
         sub = os.path.join(output_dir, evaluation.safe_name(lab))

@@ -243,16 +243,42 @@ def evaluate_examples(
 def params_fingerprint(params: Any) -> str:
     """A short fingerprint of a parameter tree (shapes and a checksum), to detect resuming with other weights."""
     import jax
+    import jax.numpy as jnp
 
     leaves = jax.tree_util.tree_leaves_with_path(params)
     h = hashlib.sha1()
     for path, leaf in leaves[:4] + leaves[-2:]:
-        h.update(f"{jax.tree_util.keystr(path)}{tuple(leaf.shape)}{float(np.asarray(leaf, np.float64).sum()):.6e}".encode())
+        # Summed on the devices: the result is replicated, so every process of a multi-host run can read it
+        # (np.asarray on a parameter sharded over several hosts fails). Rounded so that the summation order of
+        # one mesh or another does not change the fingerprint.
+        total = float(jax.jit(lambda x: jnp.sum(x, dtype=jnp.float32))(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}{tuple(leaf.shape)}{total:.4e}".encode())
     h.update(str(len(leaves)).encode())
     return h.hexdigest()[:16]
 
 
+def _writes() -> bool:
+    """Every process of a multi-host evaluation computes the same results; only process 0 writes them."""
+    from optiml_jax.partitioning import is_output_process
+
+    return is_output_process()
+
+
+def _makedirs(*paths: str) -> None:
+    if _writes():
+        for p in paths:
+            os.makedirs(p, exist_ok=True)
+
+
+def _write_text(path: str, text: str) -> None:
+    if _writes():
+        with open(path, "w") as f:
+            f.write(text)
+
+
 def _write_json(path: str, obj: Any) -> None:
+    if not _writes():
+        return
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=False)
@@ -262,7 +288,18 @@ def _write_json(path: str, obj: Any) -> None:
 def _finished_unit(output_dir: str, key: str) -> dict | None:
     """The saved summary of an evaluation unit finished by an earlier (possibly killed) run, else None."""
     path = os.path.join(output_dir, "tasks", key + ".json")
-    if not os.path.exists(path):
+    exists = os.path.exists(path)
+    import jax
+
+    if jax.process_count() > 1:
+        # Process 0's view decides, so that all processes skip (or compute) the same units in step.
+        from jax.experimental import multihost_utils
+
+        exists = bool(multihost_utils.broadcast_one_to_all(np.int32(exists)))
+        if exists and not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: written by process 0 but not visible here; a resumed multi-host "
+                                    "evaluation needs an output directory that every host sees")
+    if not exists:
         return None
     with open(path) as f:
         return json.load(f)
@@ -270,6 +307,8 @@ def _finished_unit(output_dir: str, key: str) -> dict | None:
 
 def _write_unit(output_dir: str, key: str, records: Sequence[Mapping], summary: Mapping) -> None:
     """Writes a unit's predictions, then its summary: the summary's presence is what marks the unit as done."""
+    if not _writes():
+        return
     pred_path = os.path.join(output_dir, "predictions", key + ".jsonl")
     with open(pred_path + ".tmp", "w") as f:
         for r in records:
@@ -309,8 +348,7 @@ def evaluate(
 
     output_dir = os.fspath(output_dir)
     units = list(units) if units is not None else plan(cfg)
-    for sub in ("tasks", "predictions"):
-        os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
+    _makedirs(*(os.path.join(output_dir, sub) for sub in ("tasks", "predictions")))
     _check_run_meta(output_dir, {
         "model": predictor.name, "fingerprint": params_fingerprint(predictor.params), "settings": cfg.unit_settings(),
     })
@@ -350,8 +388,10 @@ def evaluate(
     agg["reused_units"] = reused
     agg["truncated_prompts"] = int(getattr(predictor, "truncated_prompts", 0))
     _write_json(os.path.join(output_dir, "results.json"), agg)
-    with open(os.path.join(output_dir, "report.md"), "w") as f:
-        f.write(markdown_report([agg], [predictor.name], title=f"{cfg.split} evaluation: {predictor.name}"))
+    _write_text(os.path.join(output_dir, "report.md"),
+                markdown_report([agg], [predictor.name], title=f"{cfg.split} evaluation: {predictor.name}"))
+    if not _writes():
+        return agg
     from optiml_jax import plots
 
     plots.plot_categories(agg, os.path.join(output_dir, "categories.png"), title=f"{predictor.name} ({cfg.split})")
@@ -361,7 +401,7 @@ def evaluate(
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="task", disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="task", disable=not (enabled and _writes()), dynamic_ncols=True)
 
 
 def evaluate_models(
@@ -387,18 +427,18 @@ def evaluate_models(
     ]
     out: dict = {"results": dict(zip(labels, aggs))}
     report = os.path.join(output_dir, "report.md")
-    with open(report, "w") as f:
-        f.write(markdown_report(aggs, labels, title=f"{cfg.split} evaluation"))
-        if len(aggs) >= 2:
-            f.write("\n" + format_gains(level_gains(aggs[0], aggs[1]), labels[0], labels[1], markdown=True))
+    text = markdown_report(aggs, labels, title=f"{cfg.split} evaluation")
+    if len(aggs) >= 2:
+        text += "\n" + format_gains(level_gains(aggs[0], aggs[1]), labels[0], labels[1], markdown=True)
+    _write_text(report, text)
     out["report"] = report
     if len(aggs) >= 2:
-        from optiml_jax import plots
-
         out["gains"] = level_gains(aggs[0], aggs[1])
-        out["figure"] = plots.plot_comparison(
-            aggs, labels, os.path.join(output_dir, "comparison.png"), title=f"{cfg.split}: per-level averages"
-        )
+        out["figure"] = os.path.join(output_dir, "comparison.png")
+        if _writes():
+            from optiml_jax import plots
+
+            plots.plot_comparison(aggs, labels, out["figure"], title=f"{cfg.split}: per-level averages")
     _write_json(os.path.join(output_dir, "summary.json"), {
         "labels": list(labels), "report": report, "figure": out.get("figure"), "gains": out.get("gains"),
         "overall": {lab: a["overall"] for lab, a in zip(labels, aggs)},
@@ -636,8 +676,7 @@ def evaluate_bbh(predictor: Any, cfg: BBHConfig, output_dir: str | os.PathLike, 
 
     output_dir = os.fspath(output_dir)
     units = list(units) if units is not None else plan_bbh(cfg)
-    for sub in ("tasks", "predictions"):
-        os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
+    _makedirs(*(os.path.join(output_dir, sub) for sub in ("tasks", "predictions")))
     _check_run_meta(output_dir, {"model": predictor.name, "fingerprint": params_fingerprint(predictor.params),
                                  "settings": cfg.unit_settings()})
     bar = _progress(len(units), f"{predictor.name} BBH", progress)
@@ -668,8 +707,8 @@ def evaluate_bbh(predictor: Any, cfg: BBHConfig, output_dir: str | os.PathLike, 
     result["reused_units"] = reused
     result["truncated_prompts"] = int(getattr(predictor, "truncated_prompts", 0))
     _write_json(os.path.join(output_dir, "bbh_results.json"), result)
-    with open(os.path.join(output_dir, "bbh_report.md"), "w") as f:
-        f.write(bbh_markdown_report([result], [predictor.name], title=f"BIG-Bench Hard: {predictor.name}"))
+    _write_text(os.path.join(output_dir, "bbh_report.md"),
+                bbh_markdown_report([result], [predictor.name], title=f"BIG-Bench Hard: {predictor.name}"))
     return result
 
 
@@ -721,8 +760,7 @@ def evaluate_bbh_models(predictors: Sequence[Any], labels: Sequence[str], cfg: B
     results = [evaluate_bbh(p, cfg, os.path.join(output_dir, safe_name(lab)), units=units, progress=progress)
                for p, lab in zip(predictors, labels)]
     report = os.path.join(output_dir, "report.md")
-    with open(report, "w") as f:
-        f.write(bbh_markdown_report(results, labels, title="BIG-Bench Hard"))
+    _write_text(report, bbh_markdown_report(results, labels, title="BIG-Bench Hard"))
     summary = os.path.join(output_dir, "summary.json")
     _write_json(summary, {"protocol": "bbh", "labels": list(labels), "modes": list(cfg.modes),
                           "results": dict(zip(labels, results)), "report": report})
