@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from optiml_jax.errors import UserError
 from optiml_jax import feature_converters as fc
 from optiml_jax.tasks import mixtures as mx
 from optiml_jax.tasks import prompts
@@ -331,6 +332,12 @@ def training_rates(bench: Bench, mixture: str = TRAIN_MIXTURE,
     if skipped:
         logger.warning("%s: %d training tasks have no examples on disk and are left out (first: %s)",
                        mixture, len(skipped), skipped[:5])
+    if not sizes:
+        raise UserError(
+            f"mixture {mixture!r}: none of its {len(names)} training tasks has examples in the data directory "
+            f"{bench.data_dir or '(none configured: set OPTIML_DATA_DIR or train.data_dir)'}; point it at a folder "
+            "laid out as tasks/README.md describes (superni/tasks/*.json, t0_p3/, flan_cot/, ...), or leave it "
+            "unset for the embedded suite")
     return mx.compute_rates(sizes, config), skipped
 
 

@@ -52,6 +52,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import yaml
 
+from optiml_jax.errors import UserError
 from optiml_jax.tasks import catalogue as cat
 from optiml_jax.tasks.schema import Example, TaskInfo
 
@@ -62,7 +63,7 @@ GENERIC_DIR = "jsonl"
 _GENERIC_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.xz")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data file is malformed; the message names the file (and line and field where known)."""
 
 
