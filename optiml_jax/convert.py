@@ -5,6 +5,13 @@
 
 HF_DIR is a local directory with config.json and weights (model.safetensors, sharded safetensors with an
 index, or pytorch_model*.bin, the latter needing torch); tokenizer files found there are carried over.
+CKPT_DIR may be a training run dir (its final/ export is used), as eval and infer accept.
+
+Both directions stream one layer at a time (peak host memory about one layer plus the token embedding, not the
+model). --to_hf restores on the mesh and processes of the training flags
+(``--gin.optiml_jax.PartitionConfig.mesh_shape="{'data': 1, 'fsdp': 8, 'model': 1}"``,
+``--gin.optiml_jax.DistributedConfig.*``): each parameter goes straight into its shards, is gathered one tensor
+at a time, and process 0 writes sharded safetensors with the HF index.
 """
 from __future__ import annotations
 
@@ -31,12 +38,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the conversion; returns 0 on success, 1 on a checkpoint error (message on stderr)."""
-    args = _parser().parse_args(argv)
+    """Runs the conversion; returns 0 on success, 1 on a checkpoint error, 2 on bad flags (message on stderr)."""
+    from optiml_jax.infer import serving_from_argv
+
+    try:
+        rest, setup = serving_from_argv(list(sys.argv[1:] if argv is None else argv))
+    except ValueError as e:  # GinUsageError, a bad mesh shape or axis rule
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    args = _parser().parse_args(rest)
     if args.max_shard_gb <= 0:
         _parser().error(f"--max_shard_gb must be positive, got {args.max_shard_gb}")
     # Imported after argument parsing so that --help stays fast (these pull in jax and orbax).
-    from optiml_jax.models.convert import CheckpointError, export_hf, import_hf
+    from optiml_jax.inference import param_shardings, resolve_checkpoint
+    from optiml_jax.models.convert import CheckpointError, export_hf, import_hf, load_config
+    from optiml_jax.models.opt import OPTForCausalLM
 
     try:
         if args.from_hf:
@@ -44,8 +60,13 @@ def main(argv: list[str] | None = None) -> int:
                                overwrite=args.overwrite)
             what = f"{args.from_hf} (HF) -> {args.out}"
         else:
-            config = export_hf(args.to_hf, args.out, param_dtype=args.param_dtype, overwrite=args.overwrite,
-                               max_shard_bytes=int(args.max_shard_gb * 2**30))
+            try:
+                ckpt = resolve_checkpoint(args.to_hf)
+            except FileNotFoundError as e:
+                raise CheckpointError(f"--to_hf: {e}") from None
+            shardings = param_shardings(OPTForCausalLM(load_config(ckpt)), setup.mesh, setup.rules)
+            config = export_hf(ckpt, args.out, param_dtype=args.param_dtype, overwrite=args.overwrite,
+                               max_shard_bytes=int(args.max_shard_gb * 2**30), shardings=shardings)
             what = f"{args.to_hf} -> {args.out} (HF)"
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,16 +8,64 @@
 ``{"prompt": ..., "candidates": [...]}`` objects. With candidates the output lists each candidate's
 log-likelihood and the chosen one (rank classification); otherwise the generated continuation. ``--output F``
 writes JSON lines instead of printing.
+
+Sharding and multi-host runs are configured with gin flags exactly as in training (and evaluation):
+``--gin.optiml_jax.PartitionConfig.mesh_shape="{'data': 2, 'fsdp': 2, 'model': 2}"`` selects the mesh,
+``--gin.optiml_jax.DistributedConfig.*`` (or the JAX_* variables, OPTIML_DISTRIBUTED=auto) the processes,
+``--gin.optiml_jax.serving.param_dtype="'float32'"`` the serving dtype (bfloat16 by default); ``--gin_file``
+files may hold the same bindings. Parameters are restored straight into their shards; only process 0 prints
+or writes.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
-from optiml_jax import decoding
+import gin
+
+from optiml_jax import decoding, gin_utils, partitioning
+from optiml_jax import train as _train  # noqa: F401  (registers optiml_jax.PartitionConfig / DistributedConfig)
+
+# What `serving` binds by default: the same configurables as train and eval, so the same flags select the mesh.
+_SERVING_DEFAULTS = ("optiml_jax.serving.partition = @optiml_jax.PartitionConfig()",
+                     "optiml_jax.serving.distributed = @optiml_jax.DistributedConfig()")
+
+
+@dataclasses.dataclass(frozen=True)
+class Serving:
+    """Where and how a checkpoint is served: the mesh, its logical axis rules, the weights' dtype."""
+
+    mesh: Any
+    rules: partitioning.LogicalRules
+    param_dtype: str | None
+
+
+@gin.configurable(module="optiml_jax")
+def serving(partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
+            distributed: partitioning.DistributedConfig = partitioning.DistributedConfig(),
+            param_dtype: str | None = "bfloat16") -> Serving:
+    """Initialises the processes (``distributed``) and builds the mesh of ``partition`` (as `train` does).
+
+    ``param_dtype``: dtype the weights are restored in ("bfloat16", "float32"; None = as stored).
+    """
+    partitioning.maybe_initialize_distributed(distributed)
+    return Serving(partitioning.create_mesh(partition.mesh_shape),
+                   partitioning.validate_rules(partition.logical_axis_rules), param_dtype)
+
+
+def serving_from_argv(argv: Sequence[str]) -> tuple[list[str], Serving]:
+    """Parses the gin flags of ``argv`` (``--gin_file``, ``--gin.X=V``) into a `Serving`; returns the other
+    arguments too. Raises `gin_utils.GinUsageError` / ValueError naming the flag at fault."""
+    args = gin_utils.split_gin_args(argv)
+    rest = args.rest + (["--help"] if args.help else [])
+    if args.help:
+        return rest, None  # type: ignore[return-value]  (argparse prints the help and exits)
+    gin_utils.parse_gin(args.gin_files, [*_SERVING_DEFAULTS, *args.gin_bindings], args.search_paths)
+    return rest, serving()
 
 
 def _read_prompts(path: str) -> list[dict]:
@@ -66,14 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length_penalty", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
+    p.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16 (default: the serving "
+                                                  "dtype, optiml_jax.serving.param_dtype)")
     p.add_argument("--output", default=None, help="write JSON lines here instead of printing")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad arguments or inputs)."""
-    args = build_parser().parse_args(argv)
+    try:
+        rest, setup = serving_from_argv(list(sys.argv[1:] if argv is None else argv))
+    except ValueError as e:  # GinUsageError, a bad mesh shape or axis rule
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    args = build_parser().parse_args(rest)
     try:
         items = _read_prompts(args.prompts_file) if args.prompts_file else [
             {"prompt": args.prompt, "candidates": None}]
@@ -87,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         from optiml_jax.inference import Predictor
 
-        predictor = Predictor.from_checkpoint(args.checkpoint, dtype=args.dtype, batch_size=args.batch_size)
+        predictor = Predictor.from_checkpoint(args.checkpoint, dtype=args.dtype, param_dtype=setup.param_dtype,
+                                              mesh=setup.mesh, rules=setup.rules, batch_size=args.batch_size)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -106,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         outs = predictor.generate([items[i]["prompt"] for i in free], cfg)
         for i, o in zip(free, outs):
             results[i] = {"prompt": items[i]["prompt"], "prediction": o}
+    if not partitioning.is_output_process():
+        return 0  # every process computed the same results; process 0 reports them
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             for r in results:

@@ -21,8 +21,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 RUN = "--gin.optiml_jax.eval.run_eval"
 MESH = "--gin.optiml_jax.PartitionConfig.mesh_shape"
 # One rank-classified and one generative task, a few examples each: the acceptance check stays small.
-SMALL = [f"{RUN}.tasks=('embedded_ni_cause_effect', 'embedded_ni_analogy_opposites')", f"{RUN}.shots=(0, 2)",
-         f"{RUN}.max_examples=5", f"{RUN}.max_new_tokens=5", f"{RUN}.progress=False", f"{RUN}.expected_model=None",
+SMALL = [f"{RUN}.tasks=('embedded_ni_cause_effect', 'embedded_ni_analogy_opposites')", f"{RUN}.shots=(0,)",
+         f"{RUN}.max_examples=4", f"{RUN}.max_new_tokens=4", f"{RUN}.progress=False", f"{RUN}.expected_model=None",
          f"{RUN}.compare_untrained=False", f"{RUN}.param_dtype='float32'", f"{RUN}.batch_size=4"]
 MESHES = {"1,1,1": (1, 1, 1), "8,1,1": (8, 1, 1), "2,2,2": (2, 2, 2), "1,4,2": (1, 4, 2)}
 
@@ -143,3 +143,36 @@ def test_two_processes_write_the_results_of_one(ckpt, tmp_path):
     assert p1.keys() == p2.keys()
     for key in p1:
         assert [r["prediction"] for r in p1[key]] == [r["prediction"] for r in p2[key]]
+
+
+def test_infer_cli_takes_the_training_mesh_flags(ckpt, tmp_path, capsys):
+    from optiml_jax import infer
+
+    base = ["--checkpoint", ckpt, "--prompt", "Is it raining? Answer:", "--candidates", "yes", "no",
+            "--gin.optiml_jax.serving.param_dtype='float32'"]
+    scores = []
+    for shape in ((8, 1, 1), (2, 2, 2), (1, 4, 2)):
+        assert infer.main([*base, _mesh_flag(shape)]) == 0
+        scores.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["scores"])
+    np.testing.assert_allclose(scores[1:], [scores[0]] * 2, atol=1e-4)
+    assert infer.main([*base, f"{MESH}={{'data': 3}}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "mesh_shape" in err
+
+
+def test_convert_to_hf_restores_on_the_mesh_and_streams_shards(ckpt, tmp_path):
+    from optiml_jax import convert as convert_cli
+    from optiml_jax.models.convert import HFWeights
+
+    plain, sharded = tmp_path / "plain", tmp_path / "sharded"
+    assert convert_cli.main(["--to_hf", ckpt, "--out", str(plain)]) == 0
+    # A small shard limit forces several safetensors files and the HF index.
+    assert convert_cli.main(["--to_hf", ckpt, "--out", str(sharded), "--max_shard_gb", str(4e6 / 2**30),
+                             _mesh_flag((2, 2, 2))]) == 0
+    assert (sharded / "model.safetensors.index.json").is_file()
+    assert len(list(sharded.glob("model-*-of-*.safetensors"))) > 1
+    a, b = HFWeights(plain), HFWeights(sharded)
+    assert sorted(a.keys()) == sorted(b.keys())
+    for key in a.keys():
+        np.testing.assert_array_equal(a.get(key), b.get(key))
+    assert convert_cli.main(["--to_hf", ckpt, "--out", str(tmp_path / "x"), f"{MESH}={{'model': 3}}"]) == 2

@@ -224,30 +224,51 @@ class _SafetensorsFile:
         return data.view(dtype).reshape(shape)
 
 
+def _dtype_name(dtype: np.dtype) -> str:
+    return "bfloat16" if dtype == _bfloat16() else np.dtype(dtype).name
+
+
 def write_safetensors(path: PathLike, tensors: Iterable[tuple[str, np.ndarray]],
                       metadata: Mapping[str, str] | None = None) -> None:
     """Writes (name, array) pairs as one safetensors file (float32/float16/bfloat16/float64 arrays)."""
     items = list(tensors)
+    write_safetensors_stream(path, [(n, tuple(a.shape), a.dtype) for n, a in items], (a for _, a in items), metadata)
+
+
+def write_safetensors_stream(path: PathLike, specs: list[tuple[str, tuple[int, ...], np.dtype]],
+                             arrays: Iterable[np.ndarray], metadata: Mapping[str, str] | None = None) -> None:
+    """Writes one safetensors file whose tensors are produced one at a time.
+
+    ``specs`` (name, shape, dtype) fix the header up front; ``arrays`` yields the tensors in that order and each
+    is written and dropped before the next is asked for, so memory holds one tensor, not the file.
+    """
     header: dict[str, Any] = {"__metadata__": dict(metadata or {})}
     offset = 0
-    for name, arr in items:
-        dtype_name = "bfloat16" if arr.dtype == _bfloat16() else arr.dtype.name
+    for name, shape, dtype in specs:
+        dtype_name = _dtype_name(dtype)
         if dtype_name not in _ST_NAMES:
-            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {arr.dtype}")
-        nbytes = arr.size * arr.dtype.itemsize
-        header[name] = {"dtype": _ST_NAMES[dtype_name], "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + nbytes]}
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        header[name] = {"dtype": _ST_NAMES[dtype_name], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # the format asks for 8-byte alignment of the data section
     # Write beside the target and rename: readers that memory-map the old file (ours do) keep a valid inode.
     path = pathlib.Path(path)
     partial = path.with_name(path.name + ".partial")
+    count = 0
     with open(partial, "wb") as fh:
         fh.write(struct.pack("<Q", len(blob)))
         fh.write(blob)
-        for _, arr in items:
+        for (name, shape, dtype), arr in zip(specs, arrays):
+            if tuple(arr.shape) != tuple(shape) or arr.dtype != np.dtype(dtype):
+                raise CheckpointError(f"{path}: tensor {name!r} is {arr.dtype}{tuple(arr.shape)}, its header says "
+                                      f"{np.dtype(dtype)}{tuple(shape)}")
             fh.write(np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
+            count += 1
+    if count != len(specs):
+        partial.unlink()
+        raise CheckpointError(f"{path}: {len(specs)} tensors announced, {count} produced")
     os.replace(partial, path)
 
 
@@ -357,12 +378,14 @@ def load_hf_config(hf_dir: PathLike, **overrides: Any) -> OPTConfig:
         raise CheckpointError(f"{path}: {e}") from None
 
 
-def load_hf_params(hf_dir: PathLike, config: OPTConfig) -> dict[str, Any]:
-    """Reads a HF OPT checkpoint tensor by tensor into our params tree (numpy, `config.param_dtype`).
+def iter_hf_params(hf_dir: PathLike, config: OPTConfig) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Reads a HF OPT checkpoint one top-level group at a time (``embed_tokens``, ``layers_0``, ...): yields
+    (group name, that group's params subtree as numpy in `config.param_dtype`).
 
-    Accepts "model.decoder.*" (OPTForCausalLM) and "decoder.*" (OPTModel) names. Missing tensors, wrong shapes,
+    Host memory holds one group plus the token embedding (kept to check a stored lm_head against it). Accepts
+    "model.decoder.*" (OPTForCausalLM) and "decoder.*" (OPTModel) names. Missing tensors, wrong shapes,
     unsupported dtypes, unknown tensors and an lm_head that is not tied raise `CheckpointError` naming the file
-    and tensor.
+    and tensor (the last two once every group has been read).
     """
     hf_dir = pathlib.Path(hf_dir)
     if not hf_dir.is_dir():
@@ -373,23 +396,31 @@ def load_hf_params(hf_dir: PathLike, config: OPTConfig) -> dict[str, Any]:
         raise CheckpointError(f"{hf_dir}: tensor {_HF_PREFIX}embed_tokens.weight not found in the checkpoint "
                               "(is this an OPT model?)")
     target = _np_dtype(config.param_dtype)
-    params: dict[str, Any] = {}
     used = set()
+    embed = None
+    groups: dict[str, list[ParamMapping]] = {}
     for m in parameter_map(config):
-        key = prefix + m.hf_key
-        if key not in weights:
-            raise CheckpointError(f"{hf_dir}: tensor {key!r} (shape {m.hf_shape}) missing from the checkpoint; "
-                                  f"config.json describes a model that has it")
-        arr = weights.get(key)
-        if tuple(arr.shape) != m.hf_shape:
-            raise CheckpointError(f"{weights.file_of(key)}: tensor {key!r} has shape {tuple(arr.shape)}, "
-                                  f"expected {m.hf_shape} from config.json")
-        _set_path(params, m.path, m.to_ours(np.asarray(arr)).astype(target))
-        used.add(key)
+        groups.setdefault(m.path[0], []).append(m)
+    for group, mappings in groups.items():
+        tree: dict[str, Any] = {}
+        for m in mappings:
+            key = prefix + m.hf_key
+            if key not in weights:
+                raise CheckpointError(f"{hf_dir}: tensor {key!r} (shape {m.hf_shape}) missing from the checkpoint; "
+                                      f"config.json describes a model that has it")
+            arr = weights.get(key)
+            if tuple(arr.shape) != m.hf_shape:
+                raise CheckpointError(f"{weights.file_of(key)}: tensor {key!r} has shape {tuple(arr.shape)}, "
+                                      f"expected {m.hf_shape} from config.json")
+            value = m.to_ours(np.asarray(arr)).astype(target)
+            _set_path(tree, m.path[1:], value)
+            if m.path == ("embed_tokens", "embedding"):
+                embed = value
+            used.add(key)
+        yield group, tree
     lm_head = "lm_head.weight"
     if lm_head in weights:
         used.add(lm_head)
-        embed = _get_path(params, ("embed_tokens", "embedding"))
         head = weights.get(lm_head)
         if head.shape != embed.shape or not np.array_equal(head.astype(target), embed):
             raise CheckpointError(f"{weights.file_of(lm_head)}: tensor 'lm_head.weight' differs from "
@@ -399,7 +430,11 @@ def load_hf_params(hf_dir: PathLike, config: OPTConfig) -> dict[str, Any]:
         shown = ", ".join(f"{k} ({weights.file_of(k).name})" for k in unexpected[:8])
         raise CheckpointError(f"{hf_dir}: {len(unexpected)} unexpected tensor(s) not described by config.json: "
                               f"{shown}{' ...' if len(unexpected) > 8 else ''}")
-    return params
+
+
+def load_hf_params(hf_dir: PathLike, config: OPTConfig) -> dict[str, Any]:
+    """Reads a HF OPT checkpoint into our params tree (numpy, `config.param_dtype`); see `iter_hf_params`."""
+    return {group: tree for group, tree in iter_hf_params(hf_dir, config)}
 
 
 def load_hf_checkpoint(hf_dir: PathLike, *, param_dtype: str = "float32",
@@ -476,6 +511,38 @@ class _AtomicDir:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _write_hf_dir(tmp: pathlib.Path, config: OPTConfig, dtype: np.dtype, arrays: Iterator[np.ndarray],
+                  max_shard_bytes: int, tokenizer_dir: PathLike | None) -> None:
+    """config.json, model.safetensors (or shards + index) and tokenizer files into ``tmp``; ``arrays`` yields the
+    HF-layout tensors in `parameter_map` order, consumed one at a time."""
+    import itertools
+
+    hf_config = config.replace(param_dtype=_dtype_name(dtype)).to_hf_dict()
+    (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2))
+    specs = [(_HF_PREFIX + m.hf_key, m.hf_shape, dtype) for m in parameter_map(config)]
+    shards: list[list[tuple[str, tuple[int, ...], np.dtype]]] = [[]]
+    size = 0
+    for spec in specs:
+        nbytes = int(np.prod(spec[1], dtype=np.int64)) * dtype.itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(spec)
+        size += nbytes
+    metadata = {"format": "pt"}  # transformers refuses safetensors files without a format tag
+    names = (["model.safetensors"] if len(shards) == 1 else
+             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    arrays = iter(arrays)
+    for file_name, shard in zip(names, shards):
+        write_safetensors_stream(tmp / file_name, shard, itertools.islice(arrays, len(shard)), metadata)
+    if len(shards) > 1:
+        weight_map = {name: f for f, shard in zip(names, shards) for name, _, _ in shard}
+        total = sum(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize for _, shape, _ in specs)
+        (tmp / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    _copy_tokenizer(pathlib.Path(tokenizer_dir) if tokenizer_dir else None, tmp)
+
+
 def save_hf_checkpoint(out_dir: PathLike, params: Mapping[str, Any], config: OPTConfig,
                        tokenizer_dir: PathLike | None = None, *, overwrite: bool = False,
                        max_shard_bytes: int = _DEFAULT_MAX_SHARD_BYTES) -> pathlib.Path:
@@ -485,34 +552,10 @@ def save_hf_checkpoint(out_dir: PathLike, params: Mapping[str, Any], config: OPT
     """
     if max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
-    embed = np.asarray(_get_path(params, ("embed_tokens", "embedding")))
-    stored = "bfloat16" if embed.dtype == _bfloat16() else embed.dtype.name
-    hf_config = config.replace(param_dtype=stored).to_hf_dict()
+    dtype = np.asarray(_get_path(params, ("embed_tokens", "embedding"))).dtype
     with _AtomicDir(out_dir, overwrite) as tmp:
-        (tmp / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2))
-        shards: list[list[tuple[str, np.ndarray]]] = [[]]
-        size = 0
-        for name, arr in params_to_hf(params, config):
-            nbytes = arr.size * arr.dtype.itemsize
-            if shards[-1] and size + nbytes > max_shard_bytes:
-                shards.append([])
-                size = 0
-            shards[-1].append((name, arr))
-            size += nbytes
-        metadata = {"format": "pt"}  # transformers refuses safetensors files without a format tag
-        if len(shards) == 1:
-            write_safetensors(tmp / "model.safetensors", shards[0], metadata)
-        else:
-            weight_map, total = {}, 0
-            for i, shard in enumerate(shards):
-                file_name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                write_safetensors(tmp / file_name, shard, metadata)
-                for name, arr in shard:
-                    weight_map[name] = file_name
-                    total += arr.size * arr.dtype.itemsize
-            (tmp / "model.safetensors.index.json").write_text(
-                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-        _copy_tokenizer(pathlib.Path(tokenizer_dir) if tokenizer_dir else None, tmp)
+        _write_hf_dir(tmp, config, dtype, (arr.astype(dtype) for _, arr in params_to_hf(params, config)),
+                      max_shard_bytes, tokenizer_dir)
     return pathlib.Path(out_dir)
 
 
@@ -556,6 +599,37 @@ def load_config(ckpt_dir: PathLike) -> OPTConfig:
         raise CheckpointError(f"{path}: {e}") from None
 
 
+def _checked_metadata(ckpt_dir: PathLike, config: OPTConfig) -> tuple[pathlib.Path, dict, dict]:
+    """(params path, expected flat shapes from `config`, stored flat metadata), checking names and shapes."""
+    import flax.linen as nn
+    import orbax.checkpoint as ocp
+
+    from optiml_jax.models.opt import OPTForCausalLM
+
+    path = pathlib.Path(ckpt_dir).absolute() / PARAMS_DIR
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: params directory not found (not one of our checkpoints, or incomplete)")
+    expected = _flatten(nn.meta.unbox(OPTForCausalLM(config).abstract_params()))
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        stored = _flatten(checkpointer.metadata(path).item_metadata.tree)
+    except Exception as e:  # orbax raises assorted types for unreadable metadata
+        raise CheckpointError(f"{path}: cannot read checkpoint metadata: {e}") from None
+    finally:
+        checkpointer.close()
+    for key, spec in expected.items():
+        if key not in stored:
+            raise CheckpointError(f"{path}: parameter {'/'.join(key)} missing (config.json expects shape "
+                                  f"{spec.shape})")
+        if tuple(stored[key].shape) != tuple(spec.shape):
+            raise CheckpointError(f"{path}: parameter {'/'.join(key)} has shape {tuple(stored[key].shape)}, "
+                                  f"config.json expects {spec.shape}")
+    extra = sorted("/".join(k) for k in set(stored) - set(expected))
+    if extra:
+        raise CheckpointError(f"{path}: unexpected parameter(s) not described by config.json: {extra[:8]}")
+    return path, expected, stored
+
+
 def load_params(ckpt_dir: PathLike, config: OPTConfig, shardings: Any = None,
                 dtype: str | None = None) -> dict[str, Any]:
     """Restores the params tree, checking every name and shape against `config`.
@@ -568,29 +642,8 @@ def load_params(ckpt_dir: PathLike, config: OPTConfig, shardings: Any = None,
     import jax
     import orbax.checkpoint as ocp
 
-    from optiml_jax.models.opt import OPTForCausalLM
-
-    path = pathlib.Path(ckpt_dir).absolute() / PARAMS_DIR
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: params directory not found (not one of our checkpoints, or incomplete)")
-    import flax.linen as nn
-
-    expected = _flatten(nn.meta.unbox(OPTForCausalLM(config).abstract_params()))
+    path, expected, stored = _checked_metadata(ckpt_dir, config)
     checkpointer = ocp.StandardCheckpointer()
-    try:
-        stored = _flatten(checkpointer.metadata(path).item_metadata.tree)
-    except Exception as e:  # orbax raises assorted types for unreadable metadata
-        raise CheckpointError(f"{path}: cannot read checkpoint metadata: {e}") from None
-    for key, spec in expected.items():
-        if key not in stored:
-            raise CheckpointError(f"{path}: parameter {'/'.join(key)} missing (config.json expects shape "
-                                  f"{spec.shape})")
-        if tuple(stored[key].shape) != tuple(spec.shape):
-            raise CheckpointError(f"{path}: parameter {'/'.join(key)} has shape {tuple(stored[key].shape)}, "
-                                  f"config.json expects {spec.shape}")
-    extra = sorted("/".join(k) for k in set(stored) - set(expected))
-    if extra:
-        raise CheckpointError(f"{path}: unexpected parameter(s) not described by config.json: {extra[:8]}")
     flat_shardings = _flatten(shardings) if shardings is not None else {}
     default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target: dict[str, Any] = {}
@@ -628,26 +681,109 @@ def load_model(ckpt_dir: PathLike, dtype: str | None = None, *, shardings: Any =
 # ---------------------------------------------------------------------------------------------------------------
 # Whole-directory conversions (used by `python -m optiml_jax.convert`)
 # ---------------------------------------------------------------------------------------------------------------
+def _groups(config: OPTConfig) -> dict[str, list[ParamMapping]]:
+    """`parameter_map` split by top-level parameter (embed_tokens, layers_0, ...): the unit of streaming."""
+    groups: dict[str, list[ParamMapping]] = {}
+    for m in parameter_map(config):
+        groups.setdefault(m.path[0], []).append(m)
+    return groups
+
+
+def save_checkpoint_streaming(ckpt_dir: PathLike, groups: Iterable[tuple[str, Mapping[str, Any]]],
+                              config: OPTConfig, tokenizer_dir: PathLike | None = None, *,
+                              overwrite: bool = False) -> pathlib.Path:
+    """`save_checkpoint` for params produced one top-level group at a time ((name, subtree) pairs): each group is
+    written with orbax's partial save and dropped, so memory holds one group, not the model. Written atomically;
+    the result is the same orbax params tree `load_params` reads."""
+    from orbax.checkpoint.experimental.v1 import partial
+
+    expected = {m.path for m in parameter_map(config)}
+    seen: set[tuple[str, ...]] = set()
+    with _AtomicDir(ckpt_dir, overwrite) as tmp:
+        (tmp / CONFIG_FILE).write_text(config.to_json())
+        staging = tmp / "params.partial"
+        for name, tree in groups:
+            seen.update((name,) + k for k in _flatten(tree))
+            partial.save(staging, {name: dict(tree)})
+        absent = sorted("/".join(p) for p in expected - seen)
+        if absent:
+            raise CheckpointError(f"params: missing parameter(s) for this config: {absent[:8]}")
+        partial.finalize(staging)
+        # orbax's v1 layout keeps the tree in the "state" checkpointable: that directory is a standard orbax
+        # PyTree checkpoint, the one `load_params` restores.
+        os.replace(staging / "state", tmp / PARAMS_DIR)
+        shutil.rmtree(staging)
+        _copy_tokenizer(pathlib.Path(tokenizer_dir) if tokenizer_dir else None, tmp / TOKENIZER_DIR)
+    return pathlib.Path(ckpt_dir)
+
+
 def import_hf(hf_dir: PathLike, ckpt_dir: PathLike, *, param_dtype: str = "float32",
               overwrite: bool = False) -> OPTConfig:
-    """HF OPT dir -> our checkpoint (params, config, tokenizer files). Returns the config."""
-    config, params = load_hf_checkpoint(hf_dir, param_dtype=param_dtype)
-    save_checkpoint(ckpt_dir, params, config, tokenizer_dir=hf_dir, overwrite=overwrite)
+    """HF OPT dir -> our checkpoint (params, config, tokenizer files), streamed one layer at a time (peak host
+    memory: a layer plus the token embedding). Returns the config."""
+    hf_dir = pathlib.Path(hf_dir)
+    if not hf_dir.is_dir():
+        raise CheckpointError(f"{hf_dir}: HF checkpoint directory not found")
+    config = load_hf_config(hf_dir, param_dtype=param_dtype)
+    save_checkpoint_streaming(ckpt_dir, iter_hf_params(hf_dir, config), config, tokenizer_dir=hf_dir,
+                              overwrite=overwrite)
     return config
+
+
+def iter_checkpoint_hf(ckpt_dir: PathLike, config: OPTConfig, dtype: np.dtype, *, shardings: Any = None
+                       ) -> Iterator[np.ndarray]:
+    """Our checkpoint's tensors in HF layout and `parameter_map` order, restored one top-level group at a time
+    (orbax partial restore, cast to ``dtype`` while reading) into ``shardings`` (a params-shaped pytree of
+    shardings, e.g. a mesh's; default: the first device) and gathered to the host one tensor at a time."""
+    import jax
+    import orbax.checkpoint as ocp
+
+    from optiml_jax.partitioning import to_host
+
+    path, expected, _ = _checked_metadata(ckpt_dir, config)
+    flat_shardings = _flatten(shardings) if shardings is not None else {}
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    checkpointer = ocp.PyTreeCheckpointer()
+    try:
+        for name, mappings in _groups(config).items():
+            target: dict[str, Any] = {}
+            for m in mappings:
+                _set_path(target, m.path, jax.ShapeDtypeStruct(expected[m.path].shape, dtype,
+                                                               sharding=flat_shardings.get(m.path, default)))
+            try:
+                restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+                    item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    partial_restore=True))
+            except Exception as e:
+                raise CheckpointError(f"{path}: cannot restore {name}: {e}") from None
+            for m in mappings:
+                yield m.to_hf(to_host(_get_path(restored, m.path)))
+            del restored
+    finally:
+        checkpointer.close()
 
 
 def export_hf(ckpt_dir: PathLike, out_dir: PathLike, *, param_dtype: str | None = None, overwrite: bool = False,
-              max_shard_bytes: int = _DEFAULT_MAX_SHARD_BYTES) -> OPTConfig:
-    """Our checkpoint -> HF OPT dir loadable by `OPTForCausalLM.from_pretrained`. Returns the config."""
-    import jax
+              max_shard_bytes: int = _DEFAULT_MAX_SHARD_BYTES, shardings: Any = None) -> OPTConfig:
+    """Our checkpoint -> HF OPT dir loadable by `OPTForCausalLM.from_pretrained`. Returns the config.
 
+    Streams: one parameter group is restored (into ``shardings`` when given, see `iter_checkpoint_hf`) and one
+    tensor is on the host at a time; sharded safetensors with the HF index above ``max_shard_bytes``. In a
+    multi-process run every process restores and gathers, process 0 writes.
+    """
+    from optiml_jax.partitioning import is_output_process
+
+    if max_shard_bytes <= 0:
+        raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
     config = load_config(ckpt_dir)
-    params = load_params(ckpt_dir, config)
-    params = jax.tree.map(np.asarray, params)
-    if param_dtype is not None:
-        config = config.replace(param_dtype=param_dtype)
-        params = jax.tree.map(lambda x: x.astype(_np_dtype(param_dtype)), params)
+    _, _, stored = _checked_metadata(ckpt_dir, config)
+    dtype = _np_dtype(param_dtype) if param_dtype else np.dtype(stored[("embed_tokens", "embedding")].dtype)
+    arrays = iter_checkpoint_hf(ckpt_dir, config, dtype, shardings=shardings)
     tokenizer = pathlib.Path(ckpt_dir) / TOKENIZER_DIR
-    save_hf_checkpoint(out_dir, params, config, tokenizer_dir=tokenizer if tokenizer.is_dir() else None,
-                       overwrite=overwrite, max_shard_bytes=max_shard_bytes)
-    return config
+    if not is_output_process():
+        for _ in arrays:  # the gathers are collectives: take part, write nothing
+            pass
+        return config.replace(param_dtype=_dtype_name(dtype))
+    with _AtomicDir(out_dir, overwrite) as tmp:
+        _write_hf_dir(tmp, config, dtype, arrays, max_shard_bytes, tokenizer if tokenizer.is_dir() else None)
+    return config.replace(param_dtype=_dtype_name(dtype))
