@@ -38,8 +38,21 @@ TASK_ID_KEY = "decoder_task_ids"
 # tokens, 4: 97.8%, 8: 98.7%, 16: 99.1%, 64: 99.5%; the state to checkpoint grows with it (one int per slot).
 DEFAULT_PACKING_WINDOW = 16
 
-# Truncation outcome of `make_segment`.
-NOT_TRUNCATED, SOURCE_TRUNCATED, TARGET_TRUNCATED = 0, 1, 2
+# Truncation outcome of `fit_segment` / `make_segment` (`Segment.truncated`).
+NOT_TRUNCATED = 0
+DEMOS_DROPPED = 1      # whole demonstrations were dropped; definition, input and target intact
+SOURCE_TRUNCATED = 2   # the instance input was cut in its middle (demonstrations, if any, all dropped)
+TEXT_CUT = 3           # a source-less (pre-training style) text was cut at its end
+TRUNCATION_NAMES = {NOT_TRUNCATED: "none", DEMOS_DROPPED: "demonstrations", SOURCE_TRUNCATED: "input",
+                    TEXT_CUT: "text"}
+# Why `fit_segment` skips an example (it is never trained on): the target alone does not fit; the parts that
+# are never cut (definition, fixed text) plus the target do not fit; or fewer than `MIN_INPUT_TOKENS` of the
+# instance input would remain.
+SKIP_TARGET, SKIP_DEFINITION, SKIP_INPUT = "target", "definition", "input"
+SKIP_REASONS: tuple[str, ...] = (SKIP_TARGET, SKIP_DEFINITION, SKIP_INPUT)
+MIN_INPUT_TOKENS = 8
+# Part roles, as in optiml_jax.tasks.schema (PART_ROLES); repeated so this module stays free of task imports.
+PART_DEFINITION, PART_DEMONSTRATION, PART_INPUT, PART_FIXED = "definition", "demonstration", "input", "fixed"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +62,7 @@ class Segment:
     Attributes:
       tokens: ``[bos] + source + target + [eos]`` (int32).
       num_prefix: number of leading tokens that are not targets (bos + kept source tokens).
-      truncated: NOT_TRUNCATED, SOURCE_TRUNCATED (source tokens dropped from the left) or TARGET_TRUNCATED
-        (the target alone did not fit: only its tail is kept and no source remains).
+      truncated: NOT_TRUNCATED, DEMOS_DROPPED, SOURCE_TRUNCATED or TEXT_CUT (see `fit_segment`).
       tag: caller-defined integer carried into ``decoder_task_ids`` (-1 when unused).
     """
 
@@ -65,6 +77,87 @@ class Segment:
         return int(self.tokens.shape[0]) - 1
 
 
+@dataclasses.dataclass(frozen=True)
+class Skipped:
+    """An example `fit_segment` refuses to train on, and why (one of SKIP_REASONS)."""
+
+    reason: str
+    tag: int = -1
+
+
+def fit_segment(
+    parts: Sequence[tuple[str, Sequence[int]]],
+    target_ids: Sequence[int],
+    *,
+    bos_id: int,
+    eos_id: int,
+    max_length: int,
+    tag: int = -1,
+    min_input_tokens: int = MIN_INPUT_TOKENS,
+) -> "Segment | Skipped":
+    """Lays out ``[bos] + parts + target + [eos]`` in ``max_length`` positions, or says why it cannot.
+
+    ``parts`` are the source's (role, token ids) pieces in order (roles as `schema.PART_ROLES`; the pieces'
+    ids concatenated are the source's). When the example is too long:
+
+    1. whole demonstrations are dropped, earliest first (the farthest from the query; the task definition
+       already says what to do);
+    2. then the instance input is cut in its middle, keeping the first and last halves of what fits: its
+       start carries the framing ("Passage:", the premise, the start of the context) and its end usually the
+       question or the item to label, right before the delimiter; the middle of a long passage is what the
+       example can best do without. (Cutting from the left, as before, lost the definition first.)
+
+    The definition, fixed text (the delimiter) and the full target are never cut. When they do not fit, or
+    fewer than ``min_input_tokens`` of the input would remain, the example is `Skipped` -- never trained as
+    a continuation that starts mid-answer. A source-less example (pre-training style text) is cut at its end
+    instead (TEXT_CUT): it has no answer to protect.
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2 (one BOS position and one target), got {max_length}")
+    tgt = np.asarray(target_ids, dtype=np.int32).reshape(-1)
+    pieces = [(role, np.asarray(ids, dtype=np.int32).reshape(-1)) for role, ids in parts]
+    for role, _ in pieces:
+        if role not in (PART_DEFINITION, PART_DEMONSTRATION, PART_INPUT, PART_FIXED):
+            raise ValueError(f"fit_segment: unknown part role {role!r}")
+    # Positions used = 1 (bos) + source + target; the final EOS is only ever a label.
+    budget = max_length - 1 - len(tgt)
+    total = sum(len(ids) for _, ids in pieces)
+    truncated = NOT_TRUNCATED
+    if budget < 0:
+        if total:
+            return Skipped(SKIP_TARGET, tag)
+        tgt, budget, truncated = tgt[:max_length - 1], 0, TEXT_CUT
+    if total > budget:
+        fixed = sum(len(ids) for role, ids in pieces if role in (PART_DEFINITION, PART_FIXED))
+        inputs = sum(len(ids) for role, ids in pieces if role == PART_INPUT)
+        if fixed > budget:
+            return Skipped(SKIP_DEFINITION, tag)
+        if fixed + min(inputs, min_input_tokens) > budget:
+            return Skipped(SKIP_INPUT, tag)
+        drop: set[int] = set()
+        for i, (role, ids) in enumerate(pieces):   # earliest demonstration first
+            if total <= budget:
+                break
+            if role == PART_DEMONSTRATION:
+                drop.add(i)
+                total -= len(ids)
+        if drop:
+            truncated = DEMOS_DROPPED
+            pieces = [p for i, p in enumerate(pieces) if i not in drop]
+        if total > budget:
+            excess, cut = total - budget, []
+            for role, ids in pieces:
+                if role == PART_INPUT and excess > 0:
+                    keep = max(len(ids) - excess, 0)
+                    excess -= len(ids) - keep
+                    ids = np.concatenate([ids[:(keep + 1) // 2], ids[len(ids) - keep // 2:]])
+                cut.append((role, ids))
+            pieces, truncated = cut, SOURCE_TRUNCATED
+    src = np.concatenate([ids for _, ids in pieces]) if pieces else np.zeros(0, np.int32)
+    tokens = np.concatenate([np.array([bos_id], np.int32), src, tgt, np.array([eos_id], np.int32)])
+    return Segment(tokens=tokens, num_prefix=1 + len(src), truncated=truncated, tag=tag)
+
+
 def make_segment(
     source_ids: Sequence[int],
     target_ids: Sequence[int],
@@ -73,29 +166,12 @@ def make_segment(
     eos_id: int,
     max_length: int,
     tag: int = -1,
-) -> Segment:
-    """Builds the segment ``[bos] + source + target + [eos]`` that fits in ``max_length`` positions.
-
-    Overflow is resolved by dropping the oldest source tokens (the BOS stays first so every segment starts
-    the way OPT was pre-trained). When the target plus EOS alone exceed the row, no source is kept and only
-    the tail of the target survives; the segment is marked TARGET_TRUNCATED so callers can count it.
-    """
-    if max_length < 2:
-        raise ValueError(f"max_length must be >= 2 (one BOS position and one target), got {max_length}")
-    src = np.asarray(source_ids, dtype=np.int32).reshape(-1)
-    tgt = np.asarray(target_ids, dtype=np.int32).reshape(-1)
-    truncated = NOT_TRUNCATED
-    # Positions used = 1 (bos) + len(src) + len(tgt); the final EOS is only ever a label.
-    if 1 + len(tgt) > max_length:
-        tgt = tgt[len(tgt) - (max_length - 1):]
-        src = src[:0]
-        truncated = TARGET_TRUNCATED
-    elif 1 + len(src) + len(tgt) > max_length:
-        keep = max_length - 1 - len(tgt)
-        src = src[len(src) - keep:] if keep > 0 else src[:0]
-        truncated = SOURCE_TRUNCATED
-    tokens = np.concatenate([np.array([bos_id], np.int32), src, tgt, np.array([eos_id], np.int32)])
-    return Segment(tokens=tokens, num_prefix=1 + len(src), truncated=truncated, tag=tag)
+) -> "Segment | Skipped":
+    """`fit_segment` for a source of unknown structure: the whole source is one instance input (cut in its
+    middle when too long, down to nothing if need be); a target that does not fit is `Skipped`."""
+    parts = [(PART_INPUT, source_ids)] if len(source_ids) else []
+    return fit_segment(parts, target_ids, bos_id=bos_id, eos_id=eos_id, max_length=max_length, tag=tag,
+                       min_input_tokens=0)
 
 
 def segment_features(segment: Segment) -> dict[str, np.ndarray]:
@@ -322,9 +398,11 @@ def pack_examples(
     pack: bool = True,
     window: int = DEFAULT_PACKING_WINDOW,
 ) -> dict[str, np.ndarray]:
-    """Convenience: ``(source_ids, target_ids)`` pairs -> one batch with every example (packed or not)."""
+    """Convenience: ``(source_ids, target_ids)`` pairs -> one batch with every example that fits (packed or not;
+    an example whose target does not fit is left out, see `fit_segment`)."""
     segs = (make_segment(s, t, bos_id=bos_id, eos_id=eos_id, max_length=max_length) for s, t in examples)
-    batch, _ = pack_segments(segs, max_length=max_length, pad_id=pad_id, pack=pack, window=window)
+    batch, _ = pack_segments((s for s in segs if isinstance(s, Segment)), max_length=max_length, pad_id=pad_id,
+                             pack=pack, window=window)
     return batch
 
 
@@ -345,8 +423,9 @@ def _make_converter_class():
         in unpacked mode too, so the trainer sees one format). The row length is ``max_length`` when given,
         else ``task_feature_lengths["inputs"] + task_feature_lengths["targets"]``. Left truncation happens
         here (task features longer than ``task_feature_lengths`` are accepted and truncated by
-        `make_segment`), so call ``get_dataset(..., trim_output_features=False)`` to keep long sources'
-        endings. ``packing_window`` is the first-fit look-ahead (`plan_rows`); keep it equal to the trainer's
+        `make_segment`: the source is cut in its middle, an example whose target does not fit is skipped), so
+        call ``get_dataset(..., trim_output_features=False)``. The fast path (`TrainInput`) knows the prompt's
+        parts and also keeps definitions, so the two agree on every example that fits. ``packing_window`` is the first-fit look-ahead (`plan_rows`); keep it equal to the trainer's
         `TrainInput` one for identical batches.
         """
 
@@ -399,6 +478,7 @@ def _make_converter_class():
             def rows():
                 segs = (make_segment(ex["inputs"], ex["targets"], bos_id=bos, eos_id=eos, max_length=length)
                         for ex in ds.as_numpy_iterator())
+                segs = (s for s in segs if isinstance(s, Segment))   # a target that does not fit: skipped
                 for row, _ in iter_packed_rows(segs, max_length=length, pad_id=pad, pack=pack, window=window):
                     yield row
 

@@ -33,17 +33,70 @@ def test_make_segment_layout_and_loss_mask():
     assert s.truncated == fc.NOT_TRUNCATED
 
 
-def test_truncation_keeps_target_and_drops_oldest_source():
+def test_make_segment_cuts_source_middle_and_skips_target_overflow():
     s = fc.make_segment(list(range(100, 120)), [7, 8, 9], bos_id=BOS, eos_id=EOS, max_length=10)
     assert s.length == 10 and s.truncated == fc.SOURCE_TRUNCATED
-    # BOS, the 6 most recent source tokens, the full target, EOS.
-    assert s.tokens.tolist() == [2, 114, 115, 116, 117, 118, 119, 7, 8, 9, 2]
-    t = fc.make_segment([1, 1, 1], list(range(50, 70)), bos_id=BOS, eos_id=EOS, max_length=8)
-    assert t.truncated == fc.TARGET_TRUNCATED and t.length == 8
-    assert t.tokens.tolist() == [2] + list(range(63, 70)) + [2]
-    assert fc.segment_features(t)["decoder_loss_weights"].sum() == 8
+    # BOS, the first 3 and last 3 source tokens, the full target, EOS.
+    assert s.tokens.tolist() == [2, 100, 101, 102, 117, 118, 119, 7, 8, 9, 2]
+    # The target alone does not fit: skipped, never trained as a source-less continuation mid-answer.
+    t = fc.make_segment([1, 1, 1], list(range(50, 70)), bos_id=BOS, eos_id=EOS, max_length=8, tag=4)
+    assert t == fc.Skipped(fc.SKIP_TARGET, 4)
     with pytest.raises(ValueError, match="max_length"):
         fc.make_segment([1], [2], bos_id=BOS, eos_id=EOS, max_length=1)
+
+
+D, M, I, F = fc.PART_DEFINITION, fc.PART_DEMONSTRATION, fc.PART_INPUT, fc.PART_FIXED
+
+
+def _fit(parts, target, max_length, **kw):
+    return fc.fit_segment(parts, target, bos_id=BOS, eos_id=EOS, max_length=max_length, **kw)
+
+
+def test_fit_segment_truncation_cases():
+    """Issue 12: definition and full target are kept; demonstrations go first (earliest first), then the
+    middle of the instance input; what cannot keep definition + target is skipped with its reason."""
+    definition, demo1, demo2 = [10, 11, 12], [20, 21, 22, 23], [30, 31, 32, 33]
+    inp, delim, target = list(range(40, 60)), [5], [7, 8]
+    parts = [(D, definition), (M, demo1), (M, demo2), (I, inp), (F, delim)]
+    full = 1 + 3 + 4 + 4 + 20 + 1 + 2      # positions: bos + source + target
+    fits = _fit(parts, target, full)
+    assert fits.truncated == fc.NOT_TRUNCATED and fits.tokens.tolist()[1:-1] == sum(
+        [definition, demo1, demo2, inp, delim, target], [])
+    # One position short: the earliest demonstration goes, nothing else.
+    s = _fit(parts, target, full - 1)
+    assert s.truncated == fc.DEMOS_DROPPED
+    assert s.tokens.tolist() == [BOS] + definition + demo2 + inp + delim + target + [EOS]
+    # Without room for any demonstration and 6 input tokens short: both demonstrations dropped, then the
+    # input keeps its first 7 and last 7 tokens.
+    s = _fit(parts, target, full - 8 - 6)
+    assert s.truncated == fc.SOURCE_TRUNCATED
+    assert s.tokens.tolist() == [BOS] + definition + inp[:7] + inp[-7:] + delim + target + [EOS]
+    assert s.num_prefix == 1 + 3 + 14 + 1   # loss on the whole target and EOS only
+    assert fc.segment_features(s)["decoder_loss_weights"].sum() == len(target) + 1
+    # An odd budget keeps one more token at the start.
+    s = _fit(parts, target, 1 + 3 + 9 + 1 + 2)
+    assert s.tokens.tolist()[4:13] == inp[:5] + inp[-4:]
+    # Fewer than MIN_INPUT_TOKENS of the input would remain: skipped.
+    assert _fit(parts, target, 1 + 3 + 7 + 1 + 2, tag=3) == fc.Skipped(fc.SKIP_INPUT, 3)
+    # The definition and delimiter themselves do not fit with the target: skipped, definition never cut.
+    assert _fit(parts, target, 1 + 3 + 2) == fc.Skipped(fc.SKIP_DEFINITION)
+    # The target alone does not fit.
+    assert _fit(parts, list(range(100, 130)), 20) == fc.Skipped(fc.SKIP_TARGET)
+    # A short input is kept whole even when that leaves it under MIN_INPUT_TOKENS.
+    short = [(D, definition), (M, demo1), (I, [40, 41]), (F, delim)]
+    s = _fit(short, target, 1 + 3 + 2 + 1 + 2)
+    assert s.truncated == fc.DEMOS_DROPPED and s.tokens.tolist()[1:-1] == definition + [40, 41] + delim + target
+    # A source-less (pre-training style) text is cut at its end instead.
+    s = _fit([], list(range(100, 130)), 10)
+    assert s.truncated == fc.TEXT_CUT and s.tokens.tolist() == [BOS] + list(range(100, 109)) + [EOS]
+    with pytest.raises(ValueError, match="unknown part role"):
+        _fit([("preamble", [1])], target, 10)
+
+
+def test_part_roles_match_the_schema():
+    from optiml_jax.tasks import schema
+
+    assert (fc.PART_DEFINITION, fc.PART_DEMONSTRATION, fc.PART_INPUT, fc.PART_FIXED) == schema.PART_ROLES
 
 
 def _check_row_invariants(packed, r, examples, ordinals):

@@ -329,3 +329,38 @@ def test_mixture_invariants_on_data_layer(which, request, vocab):
         assert ti.rates.benchmark_share["Reasoning"] == pytest.approx(0.01)
         # SuperNI and PromptSource are the regular benchmarks on disk: 25/70 and 45/70 of the other 99 %.
         assert ti.rates.benchmark_share["SuperNI"] == pytest.approx(0.99 * 25 / 70)
+
+
+def test_real_prompt_parts_tokenise_like_the_source_and_truncation_keeps_definition(real_data_dir, vocab):
+    """Issue 12 on the real mixture: encoding a prompt's parts one by one gives exactly the tokens of its whole
+    source (so untruncated examples are unchanged), and at seq_len=128 every trained example keeps its
+    definition, delimiter and full target; the rest are skipped and counted per benchmark."""
+    bench = pipeline.get_bench(str(real_data_dir), "optiml")
+    ti = pipeline.TrainInput(vocab=vocab, batch_size=8, seq_len=128, seed=1, bench=bench)
+    prompted = [ti._render(k)[1] for k in range(600)]
+    layouts = [pipeline.prompt_parts(p) for p in prompted]
+    assert all("".join(t for _, t in lay) == p.source for lay, p in zip(layouts, prompted))
+    whole = vocab.encode_batch([p.source for p in prompted])
+    pieces = [[tok for _, t in lay for tok in vocab.encode(t)] for lay in layouts]
+    assert pieces == whole
+    with_definition = 0
+    for p, lay, seg in zip(prompted, layouts, pipeline.encode_prompted(vocab, prompted, seq_len=128)):
+        if isinstance(seg, fc.Skipped):
+            continue
+        src = seg.tokens[1:seg.num_prefix].tolist()
+        assert seg.tokens[seg.num_prefix:-1].tolist() == vocab.encode(p.target)   # the full target
+        for role, text in lay:
+            if role in ("definition", "fixed"):
+                assert vocab.encode(text) in [src[i:i + len(vocab.encode(text))] for i in range(len(src))]
+        if lay and lay[0][0] == "definition":
+            with_definition += 1
+            assert src[:len(vocab.encode(lay[0][1]))] == vocab.encode(lay[0][1])
+    assert with_definition > 10
+    estimate = ti.estimate_truncation(600)
+    superni = estimate["SuperNI"]
+    assert superni["skipped_definition"] > 0 and superni["examples"] > 0
+    for _ in range(3):
+        next(ti)
+    counts = ti.truncation_counts()
+    assert sum(c.get("examples", 0) for c in counts.values()) > 8
+    assert sum(v for c in counts.values() for k, v in c.items() if k.startswith("skipped_")) > 0

@@ -13,6 +13,7 @@ Everything that touches the data layer (catalogue, sources, splits) goes through
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import fnmatch
 import functools
@@ -28,7 +29,7 @@ from optiml_jax import feature_converters as fc
 from optiml_jax.tasks import mixtures as mx
 from optiml_jax.tasks import prompts
 from optiml_jax.tasks.prompts import BBH_MODES, bbh_exact_match, bbh_extract_answer  # noqa: F401 (re-exported)
-from optiml_jax.tasks.schema import LEVELS, Example, PromptedExample, TaskInfo
+from optiml_jax.tasks.schema import LEVELS, PART_INPUT, Example, PromptedExample, TaskInfo
 
 logger = logging.getLogger(__name__)
 
@@ -366,6 +367,7 @@ class TrainInput:
         bench: Bench | None = None,
         cache_size: int = 100_000,
         packing_window: int = fc.DEFAULT_PACKING_WINDOW,
+        log_truncation: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"TrainInput: batch_size must be >= 1, got {batch_size}")
@@ -387,13 +389,17 @@ class TrainInput:
         self._infos = [self.bench.catalogue[n] for n in self.task_names]
         self.task_benchmark: dict[str, str] = {n: i.benchmark for n, i in zip(self.task_names, self._infos)}
         self.sampler = mx.MixtureSampler(self.rates.rates, seed=self.seed)
-        self._cache: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[tuple[int, int, int], tuple[tuple[tuple[str, np.ndarray], ...], np.ndarray]] = {}
         self._cache_size = int(cache_size)
         self.position = 0                      # next local stream index not yet drawn into the packing window
-        self._buffer: list[fc.Segment] = []    # tokenised ahead: segments for positions position, position + 1, ...
+        self._buffer: list[fc.Segment | fc.Skipped] = []   # tokenised ahead: positions position, position + 1, ...
         self._window: list[tuple[int, fc.Segment]] = []   # (local position, segment) pending, in stream order
         self._avg_len = 64.0
-        self.num_truncated = {"source": 0, "target": 0}
+        self._counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        if log_truncation:
+            estimate = self.estimate_truncation()
+            logger.info("truncation at seq_len=%d, first %d stream positions, per benchmark: %s",
+                        self.seq_len, 1024, estimate)
 
     # -- stream ------------------------------------------------------------------------------------------
 
@@ -419,35 +425,40 @@ class TrainInput:
         start = self.position + len(self._buffer)
         self._buffer.extend(self._encode(range(start, start + count)))
 
-    def _encode(self, positions: Sequence[int]) -> list[fc.Segment]:
-        """Segments of local positions (pure in (seed, shard, k)); one tokeniser call for the uncached ones."""
+    def _encode(self, positions: Sequence[int]) -> list[fc.Segment | fc.Skipped]:
+        """Segments (or skips) of local positions (pure in (seed, shard, k)); one tokeniser call for the
+        uncached ones."""
         rendered = [self._render(k) for k in positions]
         if not rendered:
             return []
-        pairs: list[tuple[np.ndarray, np.ndarray] | None] = [
-            self._cache.get(key) if key is not None else None for _, _, key in rendered]
-        todo = [i for i, pair in enumerate(pairs) if pair is None]
+        cached: list[Any] = [self._cache.get(key) if key is not None else None for _, _, key in rendered]
+        todo = [i for i, entry in enumerate(cached) if entry is None]
         if todo:
-            # One batched tokeniser call for every source and target of the chunk.
-            ids = self.vocab.encode_batch([rendered[i][1].source for i in todo]
-                                          + [rendered[i][1].target for i in todo])
+            # One batched tokeniser call for every part and target of the chunk.
+            layouts = [prompt_parts(rendered[i][1]) for i in todo]
+            texts = [text for layout in layouts for _, text in layout] + [rendered[i][1].target for i in todo]
+            ids = self.vocab.encode_batch(texts)
             if len(self._cache) + len(todo) > self._cache_size:
                 self._cache.clear()   # bounded memory; entries are cheap to recompute
-            for j, i in enumerate(todo):
-                pairs[i] = (np.asarray(ids[j], np.int32), np.asarray(ids[len(todo) + j], np.int32))
+            offset = 0
+            for j, (i, layout) in enumerate(zip(todo, layouts)):
+                parts = tuple((role, np.asarray(ids[offset + m], np.int32)) for m, (role, _) in enumerate(layout))
+                offset += len(layout)
+                cached[i] = (parts, np.asarray(ids[len(ids) - len(todo) + j], np.int32))
                 key = rendered[i][2]
                 if key is not None:   # MetaICL prompts vary with their demonstrations: not cached
-                    self._cache[key] = pairs[i]
-        new = []
-        for (t, _, _), pair in zip(rendered, pairs):
-            assert pair is not None
-            new.append(fc.make_segment(pair[0], pair[1], bos_id=self.vocab.bos_id, eos_id=self.vocab.eos_id,
-                                       max_length=self.seq_len, tag=t))
-        self._avg_len = 0.5 * self._avg_len + 0.5 * float(np.mean([s.length for s in new]))
+                    self._cache[key] = cached[i]
+        new: list[fc.Segment | fc.Skipped] = []
+        for (t, _, _), (parts, target) in zip(rendered, cached):
+            new.append(fc.fit_segment(parts, target, bos_id=self.vocab.bos_id, eos_id=self.vocab.eos_id,
+                                      max_length=self.seq_len, tag=t))
+        lengths = [x.length for x in new if isinstance(x, fc.Segment)]
+        if lengths:
+            self._avg_len = 0.5 * self._avg_len + 0.5 * float(np.mean(lengths))
         return new
 
-    def _fresh(self) -> Iterator[fc.Segment]:
-        """Segments from `position` on, tokenised ahead in chunks sized to about one batch."""
+    def _fresh(self) -> Iterator[fc.Segment | fc.Skipped]:
+        """Segments (and skips) from `position` on, tokenised ahead in chunks sized to about one batch."""
         i = 0
         while True:
             if i >= len(self._buffer):
@@ -457,19 +468,50 @@ class TrainInput:
             i += 1
 
     def iter_examples(self, start: int = 0, chunk: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-        """Unpacked stream ``(source_ids, target_ids, task_index)`` from local position ``start`` (for seqio);
-        packing it with `feature_converters` gives exactly this input's batches. Independent of `position`."""
+        """Unpacked stream ``(source_ids, target_ids, task_index)`` from local position ``start`` (for seqio),
+        already fitted to ``seq_len`` (skipped examples left out); packing it with `feature_converters` gives
+        exactly this input's batches. Independent of `position` and of the counters."""
         worker = TrainInput.__new__(TrainInput)
         worker.__dict__.update(self.__dict__)
         worker._buffer, worker._window, worker.position = [], [], int(start)
+        worker._counts = collections.defaultdict(collections.Counter)
         while True:
             worker._extend(chunk)
             for seg in worker._buffer:
+                if isinstance(seg, fc.Skipped):
+                    continue
                 src = seg.tokens[1:seg.num_prefix]
                 tgt = seg.tokens[seg.num_prefix:-1]
                 yield src, tgt, seg.tag
             worker.position += len(worker._buffer)
             worker._buffer = []
+
+    def _count(self, item: fc.Segment | fc.Skipped) -> None:
+        c = self._counts[self._infos[item.tag].benchmark]
+        if isinstance(item, fc.Skipped):
+            c["skipped_" + item.reason] += 1
+        else:
+            c["examples"] += 1
+            if item.truncated != fc.NOT_TRUNCATED:
+                c["truncated_" + fc.TRUNCATION_NAMES[item.truncated]] += 1
+
+    def truncation_counts(self) -> dict[str, dict[str, int]]:
+        """Per benchmark, since this object was built: ``examples`` packed into the batches returned so far,
+        how many of them were truncated (``truncated_demonstrations``: demonstrations dropped;
+        ``truncated_input``: instance input cut in its middle; ``truncated_text``: source-less text cut), and
+        the stream positions skipped (``skipped_target`` / ``skipped_definition`` / ``skipped_input``, see
+        `feature_converters.fit_segment`). JSON-serialisable, for metrics.jsonl."""
+        return {b: dict(sorted(c.items())) for b, c in sorted(self._counts.items())}
+
+    def estimate_truncation(self, num_examples: int = 1024) -> dict[str, dict[str, int]]:
+        """`truncation_counts` of the first ``num_examples`` stream positions, without moving the stream (for
+        the log line at start); ``examples`` here counts every fitted example, packed or not."""
+        worker = TrainInput.__new__(TrainInput)
+        worker.__dict__.update(self.__dict__)
+        worker._counts = collections.defaultdict(collections.Counter)
+        for item in worker._encode(range(num_examples)):
+            worker._count(item)
+        return worker.truncation_counts()
 
     def __iter__(self) -> "TrainInput":
         return self
@@ -478,35 +520,32 @@ class TrainInput:
         # The packer is restarted on (pending window, fresh stream) for every batch: its state between rows
         # is exactly its window, so this continues the packing of the previous batch without a seam.
         window = self._window
-        fresh = self._fresh()
-        drawn = 0
+        taken: list[tuple[int, fc.Segment]] = list(window)   # packer ordinal -> (local position, segment)
+        consumed = 0                                           # fresh stream positions drawn, skips included
+        skipped: list[fc.Skipped] = []
 
         def stream() -> Iterator[fc.Segment]:
-            nonlocal drawn
+            nonlocal consumed
             for _, seg in window:
                 yield seg
-            for seg in fresh:
-                drawn += 1
-                yield seg
-
-        def locate(ordinal: int) -> tuple[int, fc.Segment]:
-            if ordinal < len(window):
-                return window[ordinal]
-            j = ordinal - len(window)
-            return self.position + j, self._buffer[j]
+            for item in self._fresh():
+                consumed += 1
+                if isinstance(item, fc.Skipped):
+                    skipped.append(item)   # never trained on; counted below
+                    continue
+                taken.append((self.position + consumed - 1, item))
+                yield item
 
         batch, plans = fc.pack_segments(stream(), max_length=self.seq_len, num_rows=self.batch_size,
                                         pad_id=self.vocab.pad_id, with_tags=True, window=self.packing_window)
         for plan in plans:
             for ordinal in plan.members:
-                truncated = locate(ordinal)[1].truncated
-                if truncated == fc.SOURCE_TRUNCATED:
-                    self.num_truncated["source"] += 1
-                elif truncated == fc.TARGET_TRUNCATED:
-                    self.num_truncated["target"] += 1
-        self._window = [locate(o) for o in plans[-1].pending] if plans else []
-        del self._buffer[:drawn]
-        self.position += drawn
+                self._count(taken[ordinal][1])
+        for item in skipped:
+            self._count(item)
+        self._window = [taken[o] for o in plans[-1].pending] if plans else []
+        del self._buffer[:consumed]
+        self.position += consumed
         return batch
 
     # -- checkpointing -----------------------------------------------------------------------------------
@@ -614,15 +653,30 @@ def level_of(task_name: str, split: str, data_dir=None) -> str:
     return get_bench(data_dir).level_of(task_name, split)
 
 
+def prompt_parts(example: PromptedExample) -> tuple[tuple[str, str], ...]:
+    """The (role, text) pieces of a prompt's source: its own `parts`, else the whole source as one input."""
+    if example.parts:
+        return example.parts
+    return ((PART_INPUT, example.source),) if example.source else ()
+
+
 def encode_prompted(vocab: Any, examples: Sequence[PromptedExample], *, seq_len: int,
-                    tags: Sequence[int] | None = None) -> list[fc.Segment]:
-    """Tokenises prompted examples (one ``encode_batch`` call) into truncated segments."""
+                    tags: Sequence[int] | None = None) -> list[fc.Segment | fc.Skipped]:
+    """Tokenises prompted examples (one ``encode_batch`` call) and fits them to ``seq_len``
+    (`feature_converters.fit_segment`: demonstrations, then the input's middle, are cut; definition and
+    target are kept, or the example is skipped)."""
     if not examples:
         return []
-    ids = vocab.encode_batch([e.source for e in examples] + [e.target for e in examples])
-    n = len(examples)
-    return [fc.make_segment(ids[i], ids[n + i], bos_id=vocab.bos_id, eos_id=vocab.eos_id, max_length=seq_len,
-                            tag=-1 if tags is None else tags[i]) for i in range(n)]
+    layouts = [prompt_parts(e) for e in examples]
+    texts = [text for layout in layouts for _, text in layout] + [e.target for e in examples]
+    ids = vocab.encode_batch(texts)
+    n, offset, out = len(examples), 0, []
+    for i, layout in enumerate(layouts):
+        parts = [(role, ids[offset + m]) for m, (role, _) in enumerate(layout)]
+        offset += len(layout)
+        out.append(fc.fit_segment(parts, ids[len(ids) - n + i], bos_id=vocab.bos_id, eos_id=vocab.eos_id,
+                                  max_length=seq_len, tag=-1 if tags is None else tags[i]))
+    return out
 
 
 def heldout_loss_batches(*, vocab: Any, batch_size: int, seq_len: int, split: str = "validation",
@@ -642,7 +696,7 @@ def heldout_loss_batches(*, vocab: Any, batch_size: int, seq_len: int, split: st
         for name in bench.eval_tasks.get((split, level), ()):
             prompted.extend(eval_examples(name, split=split, max_examples=max_examples_per_task, seed=seed,
                                           bench=bench))
-    segments = encode_prompted(vocab, prompted, seq_len=seq_len)
+    segments = [s for s in encode_prompted(vocab, prompted, seq_len=seq_len) if isinstance(s, fc.Segment)]
     rows = [r for r, _ in fc.iter_packed_rows(iter(segments), max_length=seq_len, pad_id=vocab.pad_id)]
     batches = []
     for i in range(0, len(rows), batch_size):

@@ -25,7 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-from optiml_jax.tasks.schema import Example, PromptedExample, TaskInfo
+from optiml_jax.tasks.schema import (PART_DEFINITION, PART_DEMONSTRATION, PART_FIXED, PART_INPUT, Example,
+                                     PromptedExample, TaskInfo)
 
 DELIMITERS: tuple[str, ...] = (
     "\nAnswer:", " Answer:", "\nA:", " A:", "\nOutput:", " Output:", "\nanswer:", "\noutput:",
@@ -119,16 +120,27 @@ def render(
             raise ValueError("render: pass rng (to draw a delimiter) or an explicit delimiter")
         delimiter = DELIMITERS[int(rng.integers(len(DELIMITERS)))]
     shots = [_demonstration(task, d, delimiter) for d in used]
-    query = _join_delimiter(_instruction_body(task, example), delimiter)
-    source = separator.join(shots + [query])
-    if task.instruction_level == "task" and example.definition.strip():
+    body = _instruction_body(task, example).rstrip()
+    query = _join_delimiter(body, delimiter)
+    # Pieces in source order; each joiner (separator, delimiter) opens the next piece, so every piece boundary
+    # is a whitespace character after a non-whitespace one (see schema.PromptedExample.parts).
+    definition = example.definition.strip() if task.instruction_level == "task" else ""
+    parts: list[tuple[str, str]] = []
+    if definition:
         # Demonstrations go between the task definition and the example (task-level instructions); the
         # definition is always followed by one blank line so 0-shot training and evaluation prompts agree.
-        source = example.definition.strip() + DEFINITION_SEPARATOR + source
+        parts.append((PART_DEFINITION, definition))
+    joiners = ([DEFINITION_SEPARATOR] if definition else [""]) + [separator] * len(shots)
+    for joiner, shot in zip(joiners, shots):
+        parts.append((PART_DEMONSTRATION, joiner + shot))
+    parts.append((PART_INPUT, joiners[len(shots)] + body))
+    if query != body:
+        parts.append((PART_FIXED, query[len(body):]))
+    source = "".join(text for _, text in parts)
     return PromptedExample(
         task=task.name, id=example.id, source=source, target=format_target(answer_text(task, example)),
         references=references, candidates=tuple(format_target(c) for c in example.candidates),
-        num_shots=num_shots, benchmark=task.benchmark)
+        num_shots=num_shots, benchmark=task.benchmark, parts=tuple(parts))
 
 
 def stable_seed(*parts: object) -> int:

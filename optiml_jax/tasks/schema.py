@@ -53,9 +53,22 @@ class Example:
     rationale: str = ""                # chain-of-thought, for reasoning tasks
 
 
+# Roles of the pieces of a prompt's source (`PromptedExample.parts`); they tell truncation what it may cut
+# (optiml_jax/feature_converters.py, `fit_segment`): a definition and fixed text (delimiter) never, a
+# demonstration only whole, the instance input from its middle.
+PART_DEFINITION, PART_DEMONSTRATION, PART_INPUT, PART_FIXED = "definition", "demonstration", "input", "fixed"
+PART_ROLES: tuple[str, ...] = (PART_DEFINITION, PART_DEMONSTRATION, PART_INPUT, PART_FIXED)
+
+
 @dataclasses.dataclass(frozen=True)
 class PromptedExample:
-    """An example rendered into the bipartite (instruction, output) form."""
+    """An example rendered into the bipartite (instruction, output) form.
+
+    ``parts`` are (role, text) pieces whose concatenation is ``source``; every piece after the first starts
+    at a whitespace character that follows a non-whitespace one, where GPT-2-style byte-level BPE always
+    splits, so encoding the pieces one by one gives exactly the tokens of the whole source. Empty when the
+    prompt has no structure to protect (the whole source is then one input).
+    """
 
     task: str
     id: str
@@ -65,3 +78,4 @@ class PromptedExample:
     candidates: tuple[str, ...] = ()
     num_shots: int = 0
     benchmark: str = ""
+    parts: tuple[tuple[str, str], ...] = ()
