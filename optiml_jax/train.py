@@ -202,7 +202,7 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
     data = pipeline.TrainInput(
         mixture, vocab=vocab, batch_size=shard.local_batch_size, seq_len=seq_len, seed=seed,
         shard_index=shard.shard_index, num_shards=shard.num_shards, data_dir=data_dir, split=split,
-        mixture_config=mixture_config, packing_window=packing_window)
+        mixture_config=mixture_config, packing_window=packing_window, log_truncation=True)
     heldout = _heldout_rows(pipeline, vocab, batch_size, seq_len, data_dir, split, heldout_max_examples_per_task,
                             heldout_max_batches, seed, shard)
 
@@ -283,7 +283,8 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
             last_loss = loss
             line = {"step": step + 1, "loss": loss, "lr": float(metrics["lr"]),
                     "grad_norm": float(metrics["grad_norm"]), "tokens_per_s": t["tokens_per_s"],
-                    "mfu": t["mfu"], "target_tokens": float(metrics["target_tokens"]), "examples": counts}
+                    "mfu": t["mfu"], "target_tokens": float(metrics["target_tokens"]), "examples": counts,
+                    "truncation": data.truncation_counts()}   # this host's, cumulative (see TrainInput)
             writer.write(line)
             if bar is not None:
                 bar.update(1)
