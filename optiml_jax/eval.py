@@ -4,6 +4,8 @@
     python -m optiml_jax.eval --gin_file=gin/eval/optiml_validation.gin --gin.CHECKPOINT="'/ckpt/opt-iml-30b'"
     python -m optiml_jax.eval --gin_file=gin/eval/optiml_validation.gin --compare CKPT_A CKPT_B
     python -m optiml_jax.eval --gin_file=gin/eval/bbh.gin --gin.CHECKPOINT="'/ckpt/opt-iml-max-30b'"
+    python -m optiml_jax.eval --plan --gin_file=models/opt_30b.gin \
+        --gin.optiml_jax.PartitionConfig.mesh_shape="{'data': 1, 'fsdp': 1, 'model': 8}"
 
 Writes per-task predictions, results.json, report.md (paper layout) and figures under EVAL_OUTPUT_DIR, one
 sub-directory per model; a killed run picks up where it stopped. ``--compare A B`` evaluates two checkpoints
@@ -11,6 +13,12 @@ and prints the per-level gains of A over B; ``run_eval.compare_untrained = True`
 with its own random initialisation (same config and seed). ``run_eval.protocol = 'bbh'`` evaluates BIG-Bench
 Hard instead (3-shot, answer-only and chain-of-thought, exact match) and writes the per-task table
 (report.md, summary.json, and per model bbh_report.md / bbh_results.json).
+
+``--plan`` allocates nothing: it compiles the evaluation programs (rank classification over the prompt cache,
+greedy decoding) -- and the training step -- for a model gin file, a serving dtype and a mesh against abstract
+inputs, and prints each one's per-device memory from XLA's compiled memory analysis (`plan_memory`). Without
+enough devices on a CPU host it compiles for fake CPU devices, so a laptop can tell which mesh fits a 30B or
+175B model on 8 x 80 GB.
 """
 from __future__ import annotations
 
@@ -174,6 +182,117 @@ def run_eval(
     return {"labels": labels, **out}
 
 
+@gin.configurable(module="optiml_jax.eval")
+def plan_memory(
+    model: Any = gin.REQUIRED,
+    partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
+    num_devices: int | None = None,
+    param_dtype: str = "bfloat16",
+    batch_size: int = 8,
+    prompt_len: int = 1024,
+    candidates_per_prompt: int = 4,
+    candidate_len: int = 8,
+    max_new_tokens: int = 256,
+    train_batch_size: int | None = None,
+    train_seq_len: int = 2048,
+) -> list[dict]:
+    """Per-device memory of the evaluation (and optionally training) step of ``model`` on ``partition``'s mesh,
+    from XLA's compiled memory analysis against abstract inputs (no parameter is allocated).
+
+    Args:
+      model: an OPTConfig (``@optiml_jax.models.configs.model_config()``, e.g. from gin/models/opt_30b.gin).
+      partition: the mesh (sizes must multiply to ``num_devices``; -1 fills).
+      num_devices: devices to plan for; None = the mesh's size when fully given, else the devices present. On a
+        CPU host with fewer devices, that many fake CPU devices are created (before JAX starts).
+      param_dtype: serving dtype of the weights (and compute).
+      batch_size, prompt_len, candidates_per_prompt, candidate_len: the rank-classification call
+        (``batch_size`` prompts, each with its candidates scored in one pass over the prompt cache).
+      max_new_tokens: the greedy-decoding call (``batch_size`` prompts of ``prompt_len``).
+      train_batch_size, train_seq_len: also plan the training step (f32 master weights and Adam state, as
+        `train` keeps them) for this global batch; None = evaluation only.
+
+    Returns one row per program: name, argument/output/temporary/total bytes per device.
+    """
+    import math
+
+    import jax
+
+    sizes = [int(partition.mesh_shape.get(a, 1)) for a in partitioning.MESH_AXES]
+    wanted = num_devices or (math.prod(sizes) if -1 not in sizes else None)
+    if wanted is not None:
+        try:  # fake CPU devices (used only when JAX runs on CPU) must be requested before the backend starts
+            jax.config.update("jax_num_cpu_devices", max(wanted, int(jax.config.jax_num_cpu_devices)))
+        except RuntimeError:  # already started (e.g. XLA_FLAGS set the count): use the devices it has
+            pass
+    devices = jax.devices()[:wanted] if wanted is not None else jax.devices()
+    if wanted is not None and len(devices) < wanted:
+        raise ValueError(f"plan_memory: the mesh needs {wanted} devices but only {len(devices)} are available "
+                         "(JAX started before the plan could create fake CPU devices)")
+    from optiml_jax import decoding, inference
+    from optiml_jax.models.opt import OPTForCausalLM
+
+    mesh = partitioning.create_mesh(partition.mesh_shape, devices)
+    rules = partitioning.validate_rules(partition.logical_axis_rules)
+    cfg = model.replace(dtype=param_dtype, param_dtype=param_dtype, dropout=0.0, attention_dropout=0.0)
+    net = OPTForCausalLM(cfg)
+    abstract, shardings = partitioning.abstract_params_and_shardings(net.abstract_params, mesh, rules)
+    params = partitioning.with_shardings(abstract, shardings)
+    rows = inference.padded_rows(batch_size, mesh)
+
+    def batch(*shape: int, dtype=jax.numpy.int32) -> jax.ShapeDtypeStruct:
+        spec = partitioning.batch_sharding(mesh, len(shape)) if shape[0] % partitioning.data_parallel_size(mesh) \
+            == 0 else partitioning.replicated(mesh)
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=spec)
+
+    out = []
+
+    def record(name: str, compiled: Any) -> None:
+        m = compiled.memory_analysis()
+        row = {"program": name, "argument_bytes": int(m.argument_size_in_bytes),
+               "output_bytes": int(m.output_size_in_bytes), "temp_bytes": int(m.temp_size_in_bytes),
+               "alias_bytes": int(getattr(m, "alias_size_in_bytes", 0))}
+        row["total_bytes"] = row["argument_bytes"] + row["output_bytes"] + row["temp_bytes"] - row["alias_bytes"]
+        out.append(row)
+
+    cand_rows = inference.padded_rows(batch_size * candidates_per_prompt, mesh)
+    decoding.cache_structure(net, rows, prompt_len + candidate_len - 1)
+    score = inference._compiled_scorer(net, "cache")
+    record(f"rank classification ({rows} prompts x {prompt_len}, {cand_rows} candidates x {candidate_len})",
+           score.lower(params, batch(rows, prompt_len), batch(rows, prompt_len), batch(rows, prompt_len),
+                       batch(cand_rows), batch(cand_rows, candidate_len),
+                       batch(cand_rows, candidate_len, dtype=jax.numpy.float32)).compile())
+    dcfg = decoding.DecodeConfig(method="greedy", max_new_tokens=max_new_tokens)
+    decoding.cache_structure(net, rows, prompt_len + max_new_tokens)
+    gen = decoding._compiled(net, dcfg, cfg.eos_token_id, cfg.pad_token_id)
+    key = jax.ShapeDtypeStruct((2,), jax.numpy.uint32, sharding=partitioning.replicated(mesh))
+    record(f"greedy decoding ({rows} prompts x {prompt_len} + {max_new_tokens} new)",
+           gen.lower(params, batch(rows, prompt_len), batch(rows, prompt_len), batch(rows, prompt_len), key).compile())
+    if train_batch_size:
+        import numpy as np
+
+        from optiml_jax import trainer as trainer_lib
+
+        train_cfg = model.replace(param_dtype="float32", dtype=param_dtype, remat=True)
+        t = trainer_lib.Trainer(OPTForCausalLM(train_cfg), trainer_lib.TrainerConfig(), mesh, rules,
+                                global_batch_size=train_batch_size, seq_len=train_seq_len)
+        local = partitioning.host_shard(mesh, train_batch_size).local_batch_size
+        ones = np.ones((local, train_seq_len), np.int32)
+        record(f"training step ({train_batch_size} x {train_seq_len}, f32 master weights + Adam, remat)",
+               t.compile_train_step({"decoder_input_tokens": ones, "decoder_target_tokens": ones,
+                                     "decoder_loss_weights": ones.astype(np.float32), "decoder_segment_ids": ones,
+                                     "decoder_positions": np.broadcast_to(np.arange(train_seq_len, dtype=np.int32),
+                                                                          ones.shape).copy()}))
+    shape = dict(zip(partitioning.MESH_AXES, mesh.devices.shape))
+    print(f"memory plan: {cfg.name} ({cfg.num_params() / 1e9:.2f}B parameters), {param_dtype}, mesh {shape} "
+          f"on {mesh.devices.size} x {devices[0].platform} devices (XLA compiled memory analysis, per device)")
+    print("| program | arguments (GiB) | outputs (GiB) | temporaries (GiB) | total (GiB) |")
+    print("|---|---:|---:|---:|---:|")
+    for r in out:
+        print(f"| {r['program']} | {r['argument_bytes'] / 2**30:.2f} | {r['output_bytes'] / 2**30:.2f} | "
+              f"{r['temp_bytes'] / 2**30:.2f} | {r['total_bytes'] / 2**30:.2f} |")
+    return out
+
+
 def _label(path: str, fallback: str) -> str:
     base = os.path.basename(os.path.normpath(str(path)))
     return base if base and base not in (".", "final") else fallback
@@ -181,7 +300,8 @@ def _label(path: str, fallback: str) -> str:
 
 def _help() -> str:
     return gin_utils.help_text(
-        "optiml_jax.eval", __doc__, [("optiml_jax.eval.run_eval", run_eval)],
+        "optiml_jax.eval", __doc__, [("optiml_jax.eval.run_eval", run_eval),
+                                     ("optiml_jax.eval.plan_memory (with --plan)", plan_memory)],
         macros=[("CHECKPOINT", "checkpoint or training run dir to evaluate"),
                 ("EVAL_OUTPUT_DIR", "where the reports go")],
     )
@@ -212,6 +332,8 @@ def _pop_compare(argv: list[str]) -> tuple[list[str], list[str]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for usage errors and bad inputs)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    plan = "--plan" in argv
+    argv = [a for a in argv if a != "--plan"]
     try:
         argv, pair = _pop_compare(argv)
     except gin_utils.GinUsageError as e:
@@ -229,9 +351,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             bindings += [("--compare", f"optiml_jax.eval.run_eval.checkpoint = {pair[0]!r}"),
                          ("--compare", f"optiml_jax.eval.run_eval.compare_checkpoint = {pair[1]!r}"),
                          ("--compare", "optiml_jax.eval.run_eval.compare_untrained = False")]
+        if plan:
+            bindings = [("--plan", "optiml_jax.eval.plan_memory.model = @optiml_jax.models.configs.model_config()"),
+                        ("--plan", "optiml_jax.eval.plan_memory.partition = @optiml_jax.PartitionConfig()"),
+                        *bindings]
         gin_utils.parse_gin(args.gin_files, bindings, args.search_paths)
         try:
-            run_eval()
+            plan_memory() if plan else run_eval()
         except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
