@@ -342,6 +342,22 @@ def training_rates(bench: Bench, mixture: str = TRAIN_MIXTURE,
     return mx.compute_rates(sizes, config), skipped
 
 
+_TRUNCATION_SAMPLE = 1024   # stream positions `TrainInput(log_truncation=True)` fits at start
+
+
+def format_truncation(counts: Mapping[str, Mapping[str, int]]) -> str:
+    """One line per `TrainInput.truncation_counts` result: per benchmark, the share of its drawn examples
+    truncated and skipped (with reasons)."""
+    out = []
+    for bench_name, c in counts.items():
+        drawn = c.get("examples", 0) + sum(v for k, v in c.items() if k.startswith("skipped_"))
+        if not drawn:
+            continue
+        bits = [f"{k.replace('_', ' ')} {100 * v / drawn:.0f}%" for k, v in c.items() if k != "examples" and v]
+        out.append(f"{bench_name} ({drawn}): " + (", ".join(bits) if bits else "all fit"))
+    return "; ".join(out)
+
+
 class TrainInput:
     """Iterator of packed numpy batches of the training mixture (see module docstring).
 
@@ -397,9 +413,11 @@ class TrainInput:
         self._avg_len = 64.0
         self._counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         if log_truncation:
-            estimate = self.estimate_truncation()
-            logger.info("truncation at seq_len=%d, first %d stream positions, per benchmark: %s",
-                        self.seq_len, 1024, estimate)
+            # A warning: at a short seq_len, skipped examples change what the mixture really trains on.
+            estimate = self.estimate_truncation(_TRUNCATION_SAMPLE)
+            summary = format_truncation(estimate)
+            (logger.warning if "skipped" in summary or "truncated" in summary else logger.info)(
+                "seq_len=%d, first %d stream positions: %s", self.seq_len, _TRUNCATION_SAMPLE, summary)
 
     # -- stream ------------------------------------------------------------------------------------------
 
