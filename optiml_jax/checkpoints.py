@@ -294,7 +294,7 @@ class Checkpointer:
         reason. Never moves anything.
         """
         try:
-            meta = self.check_structure(step, target, check_run)
+            self.check_structure(step, target, check_run)
             try:
                 return self._read(step, target)
             except _Damaged:

@@ -36,11 +36,7 @@ from typing import Any
 import gin
 
 from optiml_jax import checkpoints as ckpt_lib
-from optiml_jax import errors
-from optiml_jax import gin_utils
-from optiml_jax import partitioning
-from optiml_jax import preemption
-from optiml_jax import run_lock
+from optiml_jax import errors, gin_utils, partitioning, preemption, run_lock
 from optiml_jax import trainer as trainer_lib
 from optiml_jax.models import configs as model_configs  # registers the `model_config` configurable
 
@@ -208,60 +204,65 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
 
     # The operative config is complete once the trainer and the input pipeline have called their configurables.
     run_record = {"model_config": model.to_dict(), "gin": gin_utils.bindings_of(gin.operative_config_str())}
-    checkpointer = ckpt_lib.Checkpointer(model_dir_p / CHECKPOINT_DIR, checkpoint)
-    target = partitioning.with_shardings(trainer.abstract_state, trainer.state_shardings)
-    try:
-        restored = checkpointer.restore_latest(target, check_run=lambda stored: _check_resume(stored, model))
-    except ckpt_lib.NoGoodCheckpoint as e:
-        if not start_over_if_damaged:
-            raise ckpt_lib.CheckpointError(f"{e}. {_START_OVER_HINT}") from None
-        restored = None
-    if restored is None and checkpointer.quarantined() and not start_over_if_damaged:
-        raise ckpt_lib.CheckpointError(
-            f"{checkpointer.directory} holds no good checkpoint, only steps moved aside as damaged "
-            f"({', '.join(p.name for p in checkpointer.quarantined())}). {_START_OVER_HINT}")
-    examples_seen: dict[str, int] = {}
-    if restored is not None:
-        state = restored.state
-        meta = restored.input_state or {}
-        if not meta.get("input"):
+    # Everything opened from here on is closed on every way out (an error, a preemption, the end): orbax's
+    # background threads left running would otherwise print tracebacks after the one error line.
+    with contextlib.ExitStack() as cleanup:
+        checkpointer = ckpt_lib.Checkpointer(model_dir_p / CHECKPOINT_DIR, checkpoint)
+        cleanup.callback(checkpointer.close)
+        target = partitioning.with_shardings(trainer.abstract_state, trainer.state_shardings)
+        try:
+            restored = checkpointer.restore_latest(target, check_run=lambda stored: _check_resume(stored, model))
+        except ckpt_lib.NoGoodCheckpoint as e:
+            if not start_over_if_damaged:
+                raise ckpt_lib.CheckpointError(f"{e}. {_START_OVER_HINT}") from None
+            restored = None
+        if restored is None and checkpointer.quarantined() and not start_over_if_damaged:
             raise ckpt_lib.CheckpointError(
-                f"checkpoint {restored.step} in {checkpointer.directory} holds no input pipeline position; it was "
-                "not written by optiml_jax.train -- use another MODEL_DIR")
-        data.restore(meta["input"])
-        examples_seen = dict(meta.get("examples_seen", {}))
-        for step, reason in restored.skipped:
-            _print(is_main, f"WARNING: checkpoint {step} was damaged and moved aside ({reason})")
-        changed = _changed_bindings((restored.run or {}).get("gin"), run_record["gin"])
-        if changed:
-            _print(is_main, f"WARNING: resuming step {restored.step} with {len(changed)} results-changing "
-                            f"binding(s) that differ from the checkpoint's: {'; '.join(changed)}")
-        _print(is_main, f"resumed from {checkpointer.directory}/{restored.step}")
-    elif init_checkpoint:
-        params = convert.load_params(init_checkpoint, convert.load_config(init_checkpoint),
-                                     trainer.state_shardings.params)
-        state = trainer.init_state(params)
-        del params
-        _print(is_main, f"initialised from INIT_CHECKPOINT={init_checkpoint}")
-    else:
-        state = trainer.init_state()
-        _print(is_main, f"initialised {model.name or 'model'} ({model.num_params():,} parameters) from scratch")
-    start_step = int(jax.device_get(state.step))
-    if is_main:
-        _write_config(model_dir_p, start_step, resumed=restored is not None)
+                f"{checkpointer.directory} holds no good checkpoint, only steps moved aside as damaged "
+                f"({', '.join(p.name for p in checkpointer.quarantined())}). {_START_OVER_HINT}")
+        examples_seen: dict[str, int] = {}
+        if restored is not None:
+            state = restored.state
+            meta = restored.input_state or {}
+            if not meta.get("input"):
+                raise ckpt_lib.CheckpointError(
+                    f"checkpoint {restored.step} in {checkpointer.directory} holds no input pipeline position; it was "
+                    "not written by optiml_jax.train -- use another MODEL_DIR")
+            data.restore(meta["input"])
+            examples_seen = dict(meta.get("examples_seen", {}))
+            for step, reason in restored.skipped:
+                _print(is_main, f"WARNING: checkpoint {step} was damaged and moved aside ({reason})")
+            changed = _changed_bindings((restored.run or {}).get("gin"), run_record["gin"])
+            if changed:
+                _print(is_main, f"WARNING: resuming step {restored.step} with {len(changed)} results-changing "
+                                f"binding(s) that differ from the checkpoint's: {'; '.join(changed)}")
+            _print(is_main, f"resumed from {checkpointer.directory}/{restored.step}")
+        elif init_checkpoint:
+            params = convert.load_params(init_checkpoint, convert.load_config(init_checkpoint),
+                                         trainer.state_shardings.params)
+            state = trainer.init_state(params)
+            del params
+            _print(is_main, f"initialised from INIT_CHECKPOINT={init_checkpoint}")
+        else:
+            state = trainer.init_state()
+            _print(is_main, f"initialised {model.name or 'model'} ({model.num_params():,} parameters) from scratch")
+        start_step = int(jax.device_get(state.step))
+        if is_main:
+            _write_config(model_dir_p, start_step, resumed=restored is not None)
 
-    peak = (peak_flops_per_device * jax.device_count() if peak_flops_per_device
-            else trainer_lib.measure_peak_flops(_jnp_dtype(model.dtype)))
-    timer = trainer_lib.StepTimer(model.flops_per_token(seq_len), peak)
-    writer = _MetricsWriter(model_dir_p, enabled=is_main)
-    summary: dict[str, Any] = {"start_step": start_step}
-    stop = preemption.Preemption()
-    bar = None
-    try:
-        stop.install()
+        peak = (peak_flops_per_device * jax.device_count() if peak_flops_per_device
+                else trainer_lib.measure_peak_flops(_jnp_dtype(model.dtype)))
+        timer = trainer_lib.StepTimer(model.flops_per_token(seq_len), peak)
+        writer = _MetricsWriter(model_dir_p, enabled=is_main)
+        cleanup.callback(writer.close)
+        summary: dict[str, Any] = {"start_step": start_step}
+        stop = preemption.Preemption().install()
+        cleanup.callback(stop.uninstall)
         if heldout:
             summary["first_heldout_loss"] = _log_heldout(trainer, state, heldout, start_step, writer, is_main)
         bar = _progress(train_steps, start_step, enabled=is_main and progress_bar)
+        if bar is not None:
+            cleanup.callback(bar.close)
         tokens_per_step = batch_size * seq_len
         benchmarks = sorted(set(data.task_benchmark.values()))
         last_loss = float("nan")
@@ -320,12 +321,6 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
             out = _export(model_dir_p / FINAL_DIR, state.params, model, vocab, convert)
             summary["exported"] = str(out)
             _print(is_main, f"final model written to {out} (load with optiml_jax.load_model({str(out)!r}))")
-    finally:
-        stop.uninstall()
-        if bar is not None:
-            bar.close()
-        checkpointer.close()
-        writer.close()
     return summary
 
 
@@ -542,6 +537,17 @@ def _export(out: pathlib.Path, params, config, vocab, convert) -> pathlib.Path:
     return out
 
 
+def _flatten(tree: Mapping[str, Any], prefix: str) -> list[tuple[str, float]]:
+    """``("examples/SuperNI", 12)``, ``("truncation/SuperNI/skipped_target", 1)``, ... for TensorBoard tags."""
+    out = []
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.extend(_flatten(v, f"{prefix}/{k}"))
+        elif isinstance(v, (int, float)) and math.isfinite(v):
+            out.append((f"{prefix}/{k}", v))
+    return out
+
+
 class _MetricsWriter:
     """metrics.jsonl lines plus TensorBoard scalars (process 0 only)."""
 
@@ -570,9 +576,9 @@ class _MetricsWriter:
             for k, v in line.items():
                 if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                     self._tb.add_scalar(f"train/{k}" if k != "heldout_loss" else "eval/heldout_loss", v, step)
-                elif isinstance(v, Mapping):
-                    for sub, n in v.items():
-                        self._tb.add_scalar(f"examples/{sub}", n, step)
+                elif isinstance(v, Mapping):  # e.g. examples per benchmark, truncation counts per benchmark
+                    for tag, n in _flatten(v, k):
+                        self._tb.add_scalar(tag, n, step)
 
     def close(self) -> None:
         """Flushes and closes the outputs."""

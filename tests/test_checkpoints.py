@@ -139,3 +139,94 @@ def test_model_checkpoint_errors_say_what_to_do(tmp_path):
     (tmp_path / "half" / "config.json").write_text("{}")
     with pytest.raises(checkpoints.CheckpointError, match=r"missing \['params'\]"):
         checkpoints.check_model_checkpoint_dir(tmp_path / "half")
+
+
+def _digest(root: pathlib.Path) -> dict:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_structure_mismatch_names_fields_and_touches_nothing(tmp_path, mesh):
+    ck = checkpoints.Checkpointer(tmp_path / "ckpt", checkpoints.CheckpointConfig(async_save=False))
+    ck.save(4, _state(mesh, 4.0), {"input": {"position": 4}}, run={"model": {"layers": 2}})
+    ck.close()
+    before = _digest(tmp_path / "ckpt")
+    other = _state(mesh, 0.0)
+    other["params"]["w"] = jnp.zeros((8, 16), jnp.float32)
+    other["params"]["extra"] = jnp.zeros((3,), jnp.bfloat16)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, P())), other)
+    ck2 = checkpoints.Checkpointer(tmp_path / "ckpt")
+    with pytest.raises(checkpoints.CheckpointMismatch) as e:
+        ck2.restore_latest(target)
+    msg = str(e.value)
+    assert "params/w: checkpoint (8, 8) float32 vs this run (8, 16) float32" in msg
+    assert "params/extra: absent from the checkpoint, this run has (3,) bfloat16" in msg
+    assert "left untouched" in msg
+
+    def check_run(run):  # the caller's own record is compared first and named in the message
+        if run["model"]["layers"] != 3:
+            raise checkpoints.UserError(f"layers: checkpoint {run['model']['layers']} vs this run 3")
+    with pytest.raises(checkpoints.CheckpointMismatch, match=r"layers: checkpoint 2 vs this run 3 \(checkpoint .*4 "
+                                                            r"left untouched\)"):
+        ck2.restore_latest(_target(_state(mesh, 0.0), mesh, P()), check_run=check_run)
+    ck2.close()
+    assert _digest(tmp_path / "ckpt") == before
+
+
+@pytest.mark.parametrize("failure", [MemoryError("out of host memory"), PermissionError(13, "Permission denied"),
+                                     RuntimeError("UNAVAILABLE: network file system not reachable"),
+                                     RuntimeError("something nobody has seen before")])
+def test_failures_that_do_not_prove_damage_move_nothing(tmp_path, mesh, monkeypatch, failure):
+    ck = checkpoints.Checkpointer(tmp_path / "ckpt", checkpoints.CheckpointConfig(async_save=False))
+    for step in (4, 8):
+        ck.save(step, _state(mesh, float(step)), {"input": {"position": step}})
+    ck.close()
+    before = _digest(tmp_path / "ckpt")
+    ck2 = checkpoints.Checkpointer(tmp_path / "ckpt")
+    real_restore = ck2._manager.restore
+
+    def flaky(step, args=None):
+        if "state" in dict(args.items()):  # the meta-only read for the structure check still works
+            raise failure
+        return real_restore(step, args=args)
+    monkeypatch.setattr(ck2._manager, "restore", flaky)
+    with pytest.raises(checkpoints.CheckpointError, match="nothing was moved") as e:
+        ck2.restore_latest(_target(_state(mesh, 0.0), mesh, P("fsdp", "model")))
+    assert not isinstance(e.value, checkpoints.NoGoodCheckpoint)
+    ck2.close()
+    assert _digest(tmp_path / "ckpt") == before and ck2.quarantined() == []
+
+
+def test_a_passing_read_error_is_retried_not_quarantined(tmp_path, mesh, monkeypatch):
+    ck = checkpoints.Checkpointer(tmp_path / "ckpt", checkpoints.CheckpointConfig(async_save=False))
+    ck.save(4, _state(mesh, 4.0), {"input": {"position": 4}})
+    ck.close()
+    ck2 = checkpoints.Checkpointer(tmp_path / "ckpt")
+    real_restore = ck2._manager.restore
+    calls = []
+
+    def once_flaky(step, args=None):
+        if "state" in dict(args.items()) and not calls:
+            calls.append(step)
+            raise ValueError("NOT_FOUND: Error reading local file (a hiccup)")
+        return real_restore(step, args=args)
+    monkeypatch.setattr(ck2._manager, "restore", once_flaky)
+    restored = ck2.restore_latest(_target(_state(mesh, 0.0), mesh, P()))
+    assert restored.step == 4 and restored.skipped == [] and calls == [4]
+    ck2.close()
+
+
+def test_quarantine_never_overwrites_an_earlier_damaged_copy(tmp_path, mesh):
+    for round_ in range(2):
+        ck = checkpoints.Checkpointer(tmp_path / "ckpt", checkpoints.CheckpointConfig(async_save=False))
+        ck.save(4, _state(mesh, 4.0), {"input": {"position": 4}})
+        ck.save(8, _state(mesh, 8.0), {"input": {"position": 8}})
+        ck.wait()
+        _break_arrays(tmp_path / "ckpt" / "8", "garble")
+        restored = ck.restore_latest(_target(_state(mesh, 0.0), mesh, P("fsdp", "model")))
+        assert restored.step == 4
+        ck.close()
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if "corrupt" in p.name) == ["8.corrupt",
+                                                                                          "8.corrupt-2"]
