@@ -102,13 +102,21 @@ def test_load_catalogue_adds_embedded_and_user_rows(tmp_path):
     emb = [n for n, t in base.items() if t.benchmark in cat.EMBEDDED_BENCHMARKS]
     assert len(emb) >= 36
     (tmp_path / "jsonl").mkdir()
-    header = "\t".join(cat.COLUMNS)
+    # A user table may leave out the optional "options" column.
+    header = "\t".join(c for c in cat.COLUMNS if c not in cat.OPTIONAL_COLUMNS)
     (tmp_path / "jsonl/catalogue.tsv").write_text(
         header + "\ncrossfit_example\tCrossFit\tsome_data\tText Matching\tinstance\taccuracy\ttrain\t10\ttrain\n")
     cat._cached_rows.cache_clear()
     with_user = cat.load_catalogue(tmp_path)
     assert with_user["crossfit_example"].benchmark == "CrossFit"
+    assert with_user["crossfit_example"].options == () and with_user["crossfit_example"].protocol == "generation"
     assert len(with_user) == len(base) + 1
+    (tmp_path / "jsonl/catalogue.tsv").write_text(
+        "\t".join(cat.COLUMNS) + "\ncrossfit_example\tCrossFit\tsome_data\tText Matching\tinstance\taccuracy\t"
+        'train\t10\ttrain\t["no", "yes\\tand tab"]\n')
+    cat._cached_rows.cache_clear()
+    info = cat.load_catalogue(tmp_path)["crossfit_example"]
+    assert info.options == ("no", "yes\tand tab") and info.protocol == "rank_classification"
 
 
 @pytest.mark.parametrize("column,value,match", [
@@ -116,11 +124,13 @@ def test_load_catalogue_adds_embedded_and_user_rows(tmp_path):
     ("category", "Sorting Things", "field 'category'"),
     ("metric", "bleu", "field 'metric'"),
     ("num_instances", "many", "field 'num_instances'"),
+    ("options", '["only one"]', "field 'options'"),
+    ("options", "yes|no", "field 'options'"),
 ])
 def test_read_table_names_line_and_field(tmp_path, column, value, match):
     fields = dict(name="t1", benchmark="SuperNI", source_dataset="s", category="Misc.",
                   instruction_level="task", metric="rouge_l", split_role="train",
-                  num_instances="3", source_split="train")
+                  num_instances="3", source_split="train", options="")
     fields[column] = value
     p = tmp_path / "cat.tsv"
     p.write_text("\t".join(cat.COLUMNS) + "\n" + "\t".join(fields[c] for c in cat.COLUMNS) + "\n")
@@ -130,7 +140,7 @@ def test_read_table_names_line_and_field(tmp_path, column, value, match):
 
 
 def test_read_table_rejects_duplicates(tmp_path):
-    row = "t1\tSuperNI\ts\tMisc.\ttask\trouge_l\ttrain\t3\ttrain"
+    row = "t1\tSuperNI\ts\tMisc.\ttask\trouge_l\ttrain\t3\ttrain\t"
     p = tmp_path / "cat.tsv"
     p.write_text("\t".join(cat.COLUMNS) + f"\n{row}\n{row}\n")
     with pytest.raises(cat.CatalogueError, match=r"cat.tsv:3: duplicate task name 't1'"):

@@ -74,14 +74,16 @@ def test_cot_tsv(real_data_dir, catalogue):
     assert len(exs) == catalogue["cot_aqua"].num_instances == len(path.read_bytes().strip().split(b"\n"))
     e = exs[0]
     assert "\nOptions:\n(A)" in e.input and "\\n" not in e.input  # escapes decoded
-    assert e.outputs == ("(C)",) and e.rationale and e.candidates == ("(A)", "(B)", "(C)", "(D)", "(E)")
+    # No options: a chain-of-thought task generates its rationale (the catalogue gives Reasoning tasks none).
+    assert e.outputs == ("(C)",) and e.rationale and e.candidates == () and catalogue["cot_aqua"].options == ()
 
 
 def test_bbh(real_data_dir, catalogue):
     bbh = [n for n in catalogue if n.startswith("bbh_")]
     assert len(bbh) == 27
     exs = sources.load_examples(catalogue["bbh_boolean_expressions"], real_data_dir)
-    assert len(exs) == 250 and exs[0].candidates == ("False", "True")
+    # BBH is scored by exact match on generations (paper Table 14): no options, whatever the label set.
+    assert len(exs) == 250 and exs[0].candidates == () and catalogue["bbh_boolean_expressions"].protocol == "generation"
     assert exs[0].definition == "Evaluate the result of a random Boolean expression."
     demos = sources.load_demonstrations(catalogue["bbh_boolean_expressions"], real_data_dir)
     assert len(demos) == 3 and demos[0].rationale.startswith("Let's think step by step")
@@ -197,4 +199,34 @@ def test_tfds_builders_match_sources(real_data_dir, catalogue, tmp_path):
                                                               "outputs": [str(i % 2)]}) for i in range(6)))
     rows = _tfds_load(tfds, "instruction_jsonl", "train", tmp_path / "out", jl)
     assert sorted((r["task_name"], r["id"]) for r in rows) == sorted((t, str(i)) for t in ("t5_a", "exmix_b") for i in range(6))
-    assert all(tuple(r["candidates"]) == ("0", "1") for r in rows)
+    # No options in the files and no catalogue rows: generation, however few distinct outputs the files hold.
+    assert all(tuple(r["candidates"]) == () for r in rows)
+
+
+def test_protocol_is_stable_when_half_the_instances_are_removed(real_data_dir, catalogue, tmp_path):
+    """Issue 12: how a task is scored comes from its catalogue metadata, so a data directory holding half of a
+    task's instances scores every remaining instance the same way. The old rule (a label set inferred from the
+    distinct outputs on disk) flips for some of these tasks; the assertion on `flipped` keeps that evidence."""
+    superni = real_data_dir / "superni" / "tasks"
+    names = sorted(n for n, t in catalogue.items() if t.benchmark == "SuperNI" and (superni / f"{n}.json").is_file())
+    half_dir = tmp_path / "half"
+    (half_dir / "superni" / "tasks").mkdir(parents=True)
+    checked, flipped, ranked = 0, [], 0
+    for name in names[::7]:
+        task = catalogue[name]
+        full = sources.load_examples(task, real_data_dir)
+        if len(full) < 8:
+            continue
+        d = json.loads((superni / f"{name}.json").read_text(encoding="utf-8"))
+        d["Instances"] = d["Instances"][::2]
+        (half_dir / "superni" / "tasks" / f"{name}.json").write_text(json.dumps(d), encoding="utf-8")
+        half = sources.load_examples(task, half_dir)
+        by_id = {e.id: e for e in full}
+        assert half and all(e.candidates == by_id[e.id].candidates for e in half), name
+        assert {bool(e.candidates) for e in half} == {task.protocol == "rank_classification"}, name
+        ranked += task.protocol == "rank_classification"
+        if cat.label_set(e.outputs for e in full) != cat.label_set(e.outputs for e in half):
+            flipped.append(name)
+        checked += 1
+    assert checked > 50 and ranked > 5
+    assert flipped, "expected tasks whose on-disk label set changes when halved"

@@ -111,22 +111,23 @@ def test_t0_inverted_templates_are_skipped_and_counted(tmp_path):
     assert not any(e.id.startswith("ag_news_write_inverted_") for e in exs)
     assert report.loaded == len(exs) == 18
     assert report.flagged[sources.TEMPLATE_NOT_FOUND] == 6            # unknown template: kept, flagged
-    assert report.flagged[sources.CHOICES_MISS_REFERENCE] == 6
+    assert report.flagged[sources.CHOICES_MISS_REFERENCE] == 5           # the 5 "C" instances of t3
     assert "inverted template=6" in report.summary()
     by_template = collections.defaultdict(list)
     for e in exs:
         by_template[e.id.rsplit("-", 1)[0]].append(e)
     # Fixed options give the full label set although the sample only contains "B".
     assert {e.candidates for e in by_template["ag_news_classify_it"]} == {("A", "B", "C", "D")}
-    # Options without "C" cannot be right: the data-derived label set is used instead.
-    assert {e.candidates for e in by_template["ag_news_partial_options"]} == {("A", "C")}
+    # Options without "C" cannot score the "C" instances right: those are generated instead; the "A" one is
+    # ranked over the template's options (never over a label set inferred from the sample).
+    assert [e.candidates for e in by_template["ag_news_partial_options"]] == [("A", "B")] + [()] * 5
     assert {e.candidates for e in by_template["ag_news_not_in_promptsource"]} == {()}
 
     (audit,) = sources.t0_template_audit(tmp_path)
     assert (audit.templates, audit.matched_exact, audit.matched_loose) == (4, 3, 0)
     assert audit.unmatched == ("ag_news_not_in_promptsource",) and audit.ambiguous == ()
     assert audit.inverted == ("ag_news_write_inverted_",) and audit.instances_dropped == 6
-    assert audit.fixed_choice_templates == 1
+    assert audit.fixed_choice_templates == 2   # t1 and t3: both give their options (t3 to its "A" instance)
 
 
 def test_t0_loose_spelling_and_missing_templates_folder(tmp_path):
@@ -165,7 +166,7 @@ def test_real_t0_template_audit(real_data_dir):
     assert audit.instances_dropped == sum(per_template[t] for t in audit.inverted) == 13377
     assert {"adversarial_qa_dbert_generate_question", "wiki_qa_Jeopardy_style",
             "duorc_SelfRC_build_story_around_qa"} <= set(audit.inverted)
-    assert audit.fixed_choice_templates == 80
+    assert audit.fixed_choice_templates == 81   # CommonsenseQA's letter template through TEMPLATE_CHOICE_FIXES
 
 
 def test_real_t0_tasks_after_template_filtering(real_data_dir):
@@ -181,8 +182,9 @@ def test_real_t0_tasks_after_template_filtering(real_data_dir):
     dbp = sources.load_examples(catalogue["ps_dbpedia_14"], real_data_dir)
     assert dbp and all(len(e.candidates) == 14 and e.outputs[0] in e.candidates for e in dbp)
     assert len({e.outputs[0] for e in dbp}) < 14
-    # CommonsenseQA's letter template lists A-D but its targets include E: the data's label set wins.
+    # CommonsenseQA's letter template lists A-D but its targets include E: the reviewed fix table gives A-E.
     csqa = [e for e in sources.load_examples(catalogue["ps_commonsense_qa"], real_data_dir)
             if e.id.startswith("commonsense_qa_question_to_answer_index")]
     assert csqa and all(e.candidates == ("A", "B", "C", "D", "E") for e in csqa)
-    assert sources.get_load_report("ps_commonsense_qa").flagged[sources.CHOICES_MISS_REFERENCE] == len(csqa)
+    assert any(e.outputs == ("E",) for e in csqa)
+    assert sources.get_load_report("ps_commonsense_qa").flagged[sources.CHOICES_MISS_REFERENCE] == 0

@@ -42,8 +42,15 @@ EXTRA_CATALOGUE_RELPATH = pathlib.Path("jsonl") / "catalogue.tsv"
 
 COLUMNS: tuple[str, ...] = (
     "name", "benchmark", "source_dataset", "category", "instruction_level", "metric",
-    "split_role", "num_instances", "source_split",
+    "split_role", "num_instances", "source_split", "options",
 )
+# Columns a user table (<data_dir>/jsonl/catalogue.tsv) may leave out, with their default.
+OPTIONAL_COLUMNS: dict[str, str] = {"options": ""}
+# A task's fixed label set (column "options", a JSON list): at build time, the distinct references of all the
+# task file's instances when they number 2 to MAX_LABELS and there are at least twice as many instances as
+# labels (SuperNI classification tasks). Fixed once committed, so the scoring protocol never depends on the
+# instances a data directory holds.
+MAX_LABELS = 10
 # Where a task sits in its *source* benchmark (independent of any OPT-IML split definition):
 #   train     - a training task of its benchmark
 #   test      - an official test task (SuperNI default track); never trained on
@@ -371,7 +378,37 @@ class CatalogueRow:
     def as_tsv(self) -> list[str]:
         i = self.info
         return [i.name, i.benchmark, i.source_dataset, i.category, i.instruction_level, i.metric,
-                i.split_role, str(i.num_instances), self.source_split]
+                i.split_role, str(i.num_instances), self.source_split, format_options(i.options)]
+
+
+def format_options(options: Iterable[str]) -> str:
+    """The "options" cell: a JSON list (escapes tabs and newlines), "" for none."""
+    options = list(options)
+    return json.dumps(options, ensure_ascii=False) if options else ""
+
+
+def parse_options(cell: str, where: str) -> tuple[str, ...]:
+    """Inverse of `format_options`; the error names the row."""
+    cell = cell.strip()
+    if not cell:
+        return ()
+    try:
+        value = json.loads(cell)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, list) or len(value) < 2 or not all(isinstance(v, str) and v.strip() for v in value):
+        raise CatalogueError(f"{where}: field 'options' must be a JSON list of at least 2 non-empty strings, "
+                             f"got {cell[:80]!r}")
+    return tuple(value)
+
+
+def label_set(outputs: Iterable[Iterable[str]]) -> tuple[str, ...]:
+    """The fixed label set of a task from its instances' references (see `MAX_LABELS`), or ()."""
+    outputs = [tuple(o) for o in outputs]
+    labels = sorted({o for outs in outputs for o in outs})
+    if 2 <= len(labels) <= MAX_LABELS and len(outputs) >= 2 * len(labels):
+        return tuple(labels)
+    return ()
 
 
 def normalize_source(name: str) -> str:
@@ -435,6 +472,7 @@ def resolve_data_dir(explicit: str | os.PathLike | None = None) -> pathlib.Path 
 # Reading the table
 # --------------------------------------------------------------------------------------------
 def _parse_row(fields: Mapping[str, str], where: str) -> CatalogueRow:
+    fields = {**OPTIONAL_COLUMNS, **fields}
     for col in COLUMNS:
         if col not in fields or fields[col] is None:
             raise CatalogueError(f"{where}: missing column {col!r}")
@@ -465,7 +503,8 @@ def _parse_row(fields: Mapping[str, str], where: str) -> CatalogueRow:
                     source_dataset=fields["source_dataset"].strip(),
                     instruction_level=fields["instruction_level"].strip(),  # type: ignore[arg-type]
                     metric=fields["metric"].strip(),  # type: ignore[arg-type]
-                    split_role=fields["split_role"].strip(), num_instances=n)
+                    split_role=fields["split_role"].strip(), num_instances=n,
+                    options=parse_options(fields["options"], where))
     return CatalogueRow(info=info, source_split=fields["source_split"].strip())
 
 
@@ -483,7 +522,7 @@ def read_table(path: str | os.PathLike) -> list[CatalogueRow]:
     if not lines:
         raise CatalogueError(f"{path}: empty file (expected a header {COLUMNS})")
     header = lines[0].split("\t")
-    missing = [c for c in COLUMNS if c not in header]
+    missing = [c for c in COLUMNS if c not in header and c not in OPTIONAL_COLUMNS]
     if missing:
         raise CatalogueError(f"{path}: header lacks column(s) {missing}")
     rows: list[CatalogueRow] = []
@@ -695,6 +734,19 @@ def _superni_source(row: Mapping[str, str], group: list[dict[str, str]], task_js
     return parts[1] if len(parts) > 1 else ""
 
 
+def _superni_options(task_json: Mapping | None) -> tuple[str, ...]:
+    """`label_set` of a SuperNI task file's instances (references as the loader keeps them: non-empty strings)."""
+    instances = (task_json or {}).get("Instances") or []
+    outputs = []
+    for inst in instances:
+        raw = inst.get("output") if isinstance(inst, dict) else None
+        raw = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+        refs = [o for o in raw if isinstance(o, str) and o.strip()]
+        if refs and isinstance(inst.get("input"), str) and inst["input"].strip():
+            outputs.append(refs)
+    return label_set(outputs)
+
+
 def build_superni_rows(data: pathlib.Path) -> list[CatalogueRow]:
     """SuperNI rows from superni/all_tasks_catalog.tsv. The table spells 41 tasks twice (FLAN's
     underscore spelling beside the official one); each task is kept once, under its official name."""
@@ -714,7 +766,8 @@ def build_superni_rows(data: pathlib.Path) -> list[CatalogueRow]:
         info = TaskInfo(name=r["task"], benchmark="SuperNI",
                         category=_superni_category(r, group, task_json, where),
                         source_dataset=normalize_source(_superni_source(r, group, task_json)),
-                        instruction_level="task", metric="rouge_l", num_instances=n)
+                        instruction_level="task", metric="rouge_l", num_instances=n,
+                        options=_superni_options(task_json))
         out.append(CatalogueRow(info, source_split=split if split in ("train", "test") else "extra"))
     return out
 

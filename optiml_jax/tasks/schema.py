@@ -39,6 +39,16 @@ class TaskInfo:
     metric: Metric = "rouge_l"
     split_role: str = "train"
     num_instances: int = 0             # instances in the original release (may exceed what is on disk)
+    # The task's fixed answer options (catalogue column "options"). Non-empty: every instance without options of
+    # its own is scored by rank classification over these; empty: by generation and `metric`. A property of
+    # the task, never of the instances a data sample happens to hold.
+    options: tuple[str, ...] = ()
+
+    @property
+    def protocol(self) -> str:
+        """"rank_classification" when the task has fixed options, else "generation" (instances may still carry
+        options of their own from their file or template metadata, e.g. PromptSource ``answer_choices``)."""
+        return "rank_classification" if self.options else "generation"
 
 
 @dataclasses.dataclass(frozen=True)

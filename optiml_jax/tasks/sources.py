@@ -23,11 +23,11 @@ Layouts read from the data directory (``OPTIML_DATA_DIR``; see tasks/README.md):
   ``{"id": str, "input": str, "outputs": [str, ...], "candidates"?: [str], "definition"?: str,
   "rationale"?: str}``. It is also the fallback of every task whose native file is absent.
 
-Answer options: a T0 template whose PromptSource ``answer_choices`` is a fixed list (no Jinja)
-gives every instance of that template the full list, provided the list contains every reference
-of those instances. Otherwise, instances that carry none get the task's label set when that set is
-small: the distinct references of all instances (per template for T0) number between 2 and
-``MAX_LABELS`` (10), and there are at least twice as many instances as labels.
+Answer options (what makes an instance rank-classified) come from metadata only, never from how many
+distinct outputs the instances on disk have: the file's own per-instance options (generic JSONL
+``candidates``, BIG-bench's multiple-choice targets), a T0 template whose PromptSource ``answer_choices``
+is a fixed list (no Jinja; instances whose reference is not among them are flagged), else the task's
+catalogue ``options`` (`TaskInfo.options`, the committed label set of SuperNI classification tasks).
 
 Validation: file-level problems (malformed JSON, non-UTF-8 bytes, a missing required field,
 duplicate ids) raise ``DataError`` naming the file, line and field. Instance-level problems (an
@@ -58,7 +58,6 @@ from optiml_jax.tasks.schema import Example, TaskInfo
 
 log = logging.getLogger(__name__)
 
-MAX_LABELS = 10
 GENERIC_DIR = "jsonl"
 _GENERIC_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.xz")
 
@@ -180,23 +179,6 @@ def _outputs(raw: Any, report: LoadReport) -> tuple[str, ...] | None:
     return tuple(out) if out else None
 
 
-def label_set(examples: Sequence[Example]) -> tuple[str, ...]:
-    """The task's small fixed label set (see module docstring), or () when it has none."""
-    labels = sorted({o for e in examples for o in e.outputs})
-    if 2 <= len(labels) <= MAX_LABELS and len(examples) >= 2 * len(labels):
-        return tuple(labels)
-    return ()
-
-
-def _with_label_candidates(examples: list[Example]) -> list[Example]:
-    if any(e.candidates for e in examples):
-        return examples
-    labels = label_set(examples)
-    if not labels:
-        return examples
-    return [dataclasses.replace(e, candidates=labels) for e in examples]
-
-
 def _check_unique_ids(examples: Iterable[Example], path: pathlib.Path, where: dict[str, int] | None = None) -> None:
     seen: dict[str, int] = {}
     for i, e in enumerate(examples):
@@ -246,7 +228,7 @@ def parse_superni_instances(instances: Any, path: pathlib.Path, definition: str,
         out.append(Example(id=str(inst["id"]), input=inst["input"], outputs=outs,
                            definition=definition))
     _check_unique_ids(out, path)
-    return _with_label_candidates(out)
+    return out
 
 
 def _superni_definition(d: dict, path: pathlib.Path) -> str:
@@ -373,7 +355,6 @@ def _parse_cot_tsv(key: tuple[str, int, int], task: str, definition: str) -> tup
             continue
         out.append(Example(id=f"{task}-{lineno}", input=question, outputs=(answer,),
                            definition=definition, rationale=rationale))
-    out = _with_label_candidates(out)
     report.loaded = len(out)
     _finish(report)
     return tuple(out), report
@@ -429,7 +410,6 @@ def _parse_bbh(key: tuple[str, int, int], prompt_key: tuple[str, int, int] | Non
             continue
         out.append(Example(id=f"{task}-{k}", input=str(ex["input"]), outputs=outs,
                            definition=description))
-    out = _with_label_candidates(out)
     report.loaded = len(out)
     _finish(report)
     return tuple(out), report, demos
@@ -444,6 +424,12 @@ INVERTED_TEMPLATE = "inverted template"
 TEMPLATE_NOT_FOUND = "template metadata not found"
 ORIGINAL_TASK_UNSET = "template original_task not set"
 CHOICES_MISS_REFERENCE = "answer_choices lack a reference"
+OPTIONS_MISS_REFERENCE = "catalogue options lack a reference"
+# Reviewed: P3 templates whose PromptSource ``answer_choices`` are wrong (checked against the options the rendered
+# inputs list). CommonsenseQA's letter template lists "A ||| B ||| C ||| D" for five options A-E.
+TEMPLATE_CHOICE_FIXES: dict[str, tuple[str, ...]] = {
+    "commonsense_qa_question_to_answer_index": ("A", "B", "C", "D", "E"),
+}
 
 _P3_UNSAFE = re.compile(r"[^A-Za-z0-9_.]+")
 _LOOSE_UNSAFE = re.compile(r"[^a-z0-9]+")
@@ -718,17 +704,12 @@ def _parse_t0_file(key: tuple[str, int, int], templates_key: TemplateIndexKey | 
         ds_name = cat.PS_PREFIX + cat.ps_dataset_of(template)  # type: ignore[operator]
         exs = per_template[template]
         meta = matches[template][0]
-        choices = meta.answer_choices if meta is not None else ()
-        if choices and all(o in choices for e in exs for o in e.outputs):
-            # The template's own option list: the full label set, not only the labels the sample
-            # happens to contain.
-            exs = [dataclasses.replace(e, candidates=choices) for e in exs]
+        choices = TEMPLATE_CHOICE_FIXES.get(template, meta.answer_choices if meta is not None else ())
+        if choices:
+            # The template's own option list (metadata): the full label set, whatever labels the sample holds.
+            exs, missing = _apply_options(exs, choices)
             fixed_choice_templates += 1
-        else:
-            if choices:
-                reports[ds_name].flagged[CHOICES_MISS_REFERENCE] += len(exs)
-            # Label sets are per template: templates verbalize the same label differently.
-            exs = _with_label_candidates(exs)
+            reports[ds_name].flagged[CHOICES_MISS_REFERENCE] += missing
         grouped[ds_name].extend(exs)
     for name, report in reports.items():
         report.loaded = len(grouped.get(name, []))
@@ -806,7 +787,6 @@ def _parse_generic(key: tuple[str, int, int], task: str) -> tuple[tuple[Example,
         out.append(Example(id=ex_id, input=rec["input"], outputs=outs,
                            definition=rec.get("definition", ""), candidates=tuple(cands),
                            rationale=rec.get("rationale", "")))
-    out = _with_label_candidates(out)
     report.loaded = len(out)
     _finish(report)
     return tuple(out), report
@@ -961,7 +941,34 @@ def load_examples(task: TaskInfo, data_dir: str | os.PathLike | None = None) -> 
     """
     exs, report, _ = _load(task, data_dir)
     _REPORTS[task.name] = report
-    return list(exs)
+    return with_task_options(exs, task.options, report)
+
+
+def _apply_options(examples: Iterable[Example], options: tuple[str, ...]) -> tuple[list[Example], int]:
+    """Gives ``options`` to every example without options of its own whose reference is among them. One whose
+    reference is not could never be scored right by rank classification: it keeps none (generation) and is
+    counted. Per example, so the outcome for an instance never depends on the other instances on disk."""
+    out, missing = [], 0
+    for e in examples:
+        if not e.candidates:
+            if any(o in options for o in e.outputs):
+                e = dataclasses.replace(e, candidates=options)
+            else:
+                missing += 1
+        out.append(e)
+    return out, missing
+
+
+def with_task_options(examples: Iterable[Example], options: Sequence[str],
+                      report: LoadReport | None = None) -> list[Example]:
+    """The catalogue's fixed ``options`` for the examples (`_apply_options`); examples whose reference is not
+    among them are counted in ``report.flagged``."""
+    if not options:
+        return list(examples)
+    out, missing = _apply_options(examples, tuple(options))
+    if missing and report is not None:
+        report.flagged[OPTIONS_MISS_REFERENCE] = missing
+    return out
 
 
 def load_demonstrations(task: TaskInfo, data_dir: str | os.PathLike | None = None) -> list[Example]:

@@ -97,11 +97,15 @@ class SuperNaturalInstructions(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, root: pathlib.Path, listing: pathlib.Path,
                            names: list[str]) -> Iterator[tuple[str, dict]]:
         import json
+
+        from optiml_jax.tasks import catalogue
+        table = catalogue.load_catalogue(None)   # the committed options, as `sources.load_examples` applies them
         for name in names:
             path = root / "tasks" / f"{name}.json"
             if not path.is_file():
                 raise FileNotFoundError(f"{listing} lists {name!r} but {path} does not exist")
             examples, _, _ = sources._parse_superni_file(sources._file_key(path))
+            examples = sources.with_task_options(examples, table[name].options if name in table else ())
             category = ""
             if examples:
                 cats = json.loads(path.read_text(encoding="utf-8")).get("Categories") or [""]
