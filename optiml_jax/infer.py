@@ -44,7 +44,6 @@ class Serving:
     param_dtype: str | None
 
 
-@gin.configurable(module="optiml_jax")
 def serving(partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
             distributed: partitioning.DistributedConfig = partitioning.DistributedConfig(),
             param_dtype: str | None = "bfloat16") -> Serving:
@@ -55,6 +54,11 @@ def serving(partition: partitioning.PartitionConfig = partitioning.PartitionConf
     partitioning.maybe_initialize_distributed(distributed)
     return Serving(partitioning.create_mesh(partition.mesh_shape),
                    partitioning.validate_rules(partition.logical_axis_rules), param_dtype)
+
+
+# Registered unlocked: this module may first be imported after another CLI (e.g. eval) has parsed and locked gin.
+with gin.unlock_config():
+    serving = gin.configurable(serving, module="optiml_jax")
 
 
 def serving_from_argv(argv: Sequence[str]) -> tuple[list[str], Serving]:
