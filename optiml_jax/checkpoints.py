@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import pathlib
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -147,10 +148,32 @@ def _is_damage(e: BaseException) -> bool:
         m in text for m in _DAMAGE_MARKERS)
 
 
+def _drop_closed_loop_callbacks() -> None:
+    """Silences orbax's "Event loop is closed" callbacks after a failed restore (orbax 0.12.8).
+
+    A restore that fails (a damaged step we then report) leaves orbax futures whose done-callbacks are posted to
+    an event loop orbax has already closed; Python prints each as an "Exception ignored" traceback, burying the
+    run's one-line report. Only exactly that RuntimeError is dropped; everything else reaches the previous hook.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_optiml_closed_loop_filter", False):
+        return
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed":
+            logger.debug("ignored an orbax callback posted to a closed event loop")
+            return
+        previous(unraisable)
+
+    hook._optiml_closed_loop_filter = True
+    sys.unraisablehook = hook
+
+
 class Checkpointer:
     """Periodic, atomic, keep-N training checkpoints in ``directory`` (one per step)."""
 
     def __init__(self, directory: str | os.PathLike, config: CheckpointConfig = CheckpointConfig()):
+        _drop_closed_loop_callbacks()
         config.validate()
         self.directory = pathlib.Path(directory).absolute()
         self.config = config

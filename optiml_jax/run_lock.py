@@ -122,7 +122,8 @@ class RunLock:
                     f"to finish or stop it, or choose another {self.what}") from None
             rec = self._read(fd)
             if rec and not rec.get("released"):
-                self._check_stale(rec)
+                if not rec.get("unreadable"):  # a garbled record names no holder that could still be alive
+                    self._check_stale(rec)
                 self.took_over = rec
             self._write(fd, self._record())
         except BaseException:

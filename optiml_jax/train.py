@@ -224,11 +224,7 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
         if restored is not None:
             state = restored.state
             meta = restored.input_state or {}
-            if not meta.get("input"):
-                raise ckpt_lib.CheckpointError(
-                    f"checkpoint {restored.step} in {checkpointer.directory} holds no input pipeline position; it was "
-                    "not written by optiml_jax.train -- use another MODEL_DIR")
-            data.restore(meta["input"])
+            data.restore(_this_process_input(meta, restored.step, checkpointer.directory))
             examples_seen = dict(meta.get("examples_seen", {}))
             for step, reason in restored.skipped:
                 _print(is_main, f"WARNING: checkpoint {step} was damaged and moved aside ({reason})")
@@ -297,7 +293,7 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
                 paused = True
             preempted = stop.should_stop(done)
             if checkpointer.should_save(done, train_steps) or preempted:
-                checkpointer.save(done, state, {"input": data.state(), "examples_seen": examples_seen},
+                checkpointer.save(done, state, {"inputs": _all_input_states(data), "examples_seen": examples_seen},
                                   run=run_record)
                 paused = True
             if preempted:
@@ -489,6 +485,45 @@ def _log_heldout(trainer, state, heldout, step, writer, is_main) -> float:
     writer.write({"step": step, "heldout_loss": loss})
     _print(is_main, f"step {step}: held-out loss {loss:.4f}")
     return loss
+
+
+def _all_input_states(data) -> list[dict]:
+    """Every process's input position, in process order (each host reads its own shard of the stream).
+
+    The checkpoint's JSON item is written by process 0 alone, so the other processes' positions travel to it
+    with JAX's own allgather (as JSON bytes, padded to the longest).
+    """
+    import jax
+
+    state = data.state()
+    if jax.process_count() == 1:
+        return [state]
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(json.dumps(state).encode(), np.uint8)
+    lengths = np.asarray(multihost_utils.process_allgather(np.int32(raw.size))).reshape(-1)
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:raw.size] = raw
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(lengths), -1)
+    return [json.loads(bytes(rows[i, :n])) for i, n in enumerate(lengths.tolist())]
+
+
+def _this_process_input(meta: Mapping[str, Any], step: int, directory: pathlib.Path) -> dict:
+    """This process's input position from a checkpoint's meta (``inputs``: one per process)."""
+    import jax
+
+    inputs = meta.get("inputs") or ([meta["input"]] if meta.get("input") else None)  # "input": single-host, older
+    if not inputs:
+        raise ckpt_lib.CheckpointError(
+            f"checkpoint {step} in {directory} holds no input pipeline position; it was not written by "
+            "optiml_jax.train -- use another MODEL_DIR")
+    if len(inputs) != jax.process_count():
+        raise ckpt_lib.CheckpointError(
+            f"checkpoint {step} in {directory} was written by {len(inputs)} process(es) and this run has "
+            f"{jax.process_count()}: the input stream is sharded per process, so resume with {len(inputs)} "
+            "process(es) (the device mesh may change)")
+    return inputs[jax.process_index()]
 
 
 def _sum_over_processes(counts: Mapping[str, int], benchmarks: list[str]) -> dict[str, int]:
