@@ -326,3 +326,14 @@ def test_verbose_shows_the_traceback(tmp_path, capsys):
                                "--verbose"]) == errors.EXIT_USAGE
     err = capsys.readouterr().err
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("error: train.seq_len=1")
+
+
+def test_input_positions_are_per_process(tmp_path):
+    from optiml_jax import checkpoints
+
+    assert train._this_process_input({"inputs": [{"position": 7}]}, 4, tmp_path) == {"position": 7}
+    assert train._this_process_input({"input": {"position": 3}}, 4, tmp_path) == {"position": 3}  # older layout
+    with pytest.raises(checkpoints.CheckpointError, match="written by 2 process\\(es\\) and this run has 1"):
+        train._this_process_input({"inputs": [{"position": 1}, {"position": 2}]}, 4, tmp_path)
+    with pytest.raises(checkpoints.CheckpointError, match="holds no input pipeline position"):
+        train._this_process_input({}, 4, tmp_path)
