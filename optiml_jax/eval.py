@@ -71,6 +71,7 @@ def run_eval(
     max_examples: int | None = None,
     max_new_tokens: int = 256,
     length_normalize: bool = False,
+    scoring: str = "optiml",
     seed: int = 0,
     data_dir: str | None = None,
     compare_untrained: bool = False,
@@ -93,8 +94,8 @@ def run_eval(
       checkpoint: our checkpoint (config.json + params/) or a MODEL_DIR whose final/ export is used.
       output_dir: where predictions, results, report.md and figures go (one sub-directory per model).
       split / split_definition / shots / levels / tasks / max_tasks_per_level / max_examples / max_new_tokens /
-        length_normalize / seed / data_dir: see `optiml_jax.evaluation.EvalConfig` (None max_examples = the
-        paper's limits).
+        length_normalize / scoring / seed / data_dir: see `optiml_jax.evaluation.EvalConfig` (None max_examples =
+        the paper's limits; scoring "optiml" or "lm_eval").
       compare_untrained: also evaluate the same architecture at its random initialisation (seed ``seed``).
       compare_checkpoint: also evaluate this checkpoint and report the gains of ``checkpoint`` over it.
       expected_model: an OPTConfig (e.g. ``@optiml_jax.models.configs.model_config()``); a checkpoint with a
@@ -131,7 +132,7 @@ def run_eval(
             split=split, shots=tuple(int(k) for k in shots), levels=tuple(levels),
             tasks=tuple(tasks) if tasks is not None else None, max_tasks_per_level=max_tasks_per_level,
             max_examples=max_examples, max_new_tokens=max_new_tokens, length_normalize=length_normalize,
-            seed=seed, data_dir=data_dir, split_definition=split_definition,
+            seed=seed, data_dir=data_dir, split_definition=split_definition, scoring=scoring,
         )
     if not checkpoint:
         raise ValueError("no checkpoint to evaluate: bind CHECKPOINT (--gin.CHECKPOINT=\"'/path/to/ckpt'\")")

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from optiml_jax import candidates as candidates_lib
 from optiml_jax import decoding
 from optiml_jax.tasks.schema import LEVELS, PromptedExample, TaskInfo
 
@@ -60,6 +61,9 @@ class EvalConfig:
         100 of SuperNI tasks and all of the others).
       max_new_tokens: generation limit (paper: 256).
       length_normalize: rank candidates by mean per-token log-likelihood instead of the sum.
+      scoring: how a (prompt, candidate) pair is tokenised and scored (`optiml_jax.candidates`): "optiml"
+        (candidate + EOS, as instruction tuning trains targets; the paper's rank classification) or "lm_eval"
+        (lm-evaluation-harness's rule, no EOS; adds the harness's acc_norm per example and task).
       seed: selects the examples and demonstrations (and the untrained baseline's initialisation).
       data_dir: the real data directory (None = the environment's / the embedded suite).
       split_definition: "optiml" (the paper's, needs real data) or "embedded"; None = "optiml" when a data dir
@@ -77,8 +81,10 @@ class EvalConfig:
     seed: int = 0
     data_dir: str | None = None
     split_definition: str | None = None
+    scoring: str = "optiml"
 
     def __post_init__(self) -> None:
+        candidates_lib.check_convention(self.scoring)
         if self.split not in ("validation", "test"):
             raise ValueError(f"EvalConfig.split must be 'validation' or 'test', got {self.split!r}")
         if not self.shots or any((not isinstance(k, int)) or k < 0 for k in self.shots):
@@ -105,7 +111,7 @@ class EvalConfig:
         """The settings a finished (task, shots) result depends on: a resumed run must match them."""
         return {
             "split": self.split, "max_examples": self.max_examples, "max_new_tokens": self.max_new_tokens,
-            "length_normalize": self.length_normalize, "seed": self.seed,
+            "length_normalize": self.length_normalize, "seed": self.seed, "scoring": self.scoring,
             "split_definition": self.split_definition, "data_dir": self.data_dir,
         }
 
@@ -203,7 +209,7 @@ def evaluate_examples(
     if ranked:
         scores = predictor.score(
             [examples[i].source for i in ranked], [list(examples[i].candidates) for i in ranked],
-            normalize=cfg.length_normalize,
+            normalize=cfg.length_normalize, convention=cfg.scoring,
         )
         for i, s in zip(ranked, scores):
             ex = examples[i]
@@ -213,6 +219,9 @@ def evaluate_examples(
                 "mode": "rank_classification", "prediction": pred, "candidate_scores": [round(x, 5) for x in s],
                 "score": 100.0 if _normalise_answer(pred) in refs else 0.0,
             }
+            if cfg.scoring == "lm_eval":
+                norm = ex.candidates[candidates_lib.choose(s, ex.candidates)["acc_norm"]]
+                records[i]["acc_norm"] = 100.0 if _normalise_answer(norm) in refs else 0.0
     if generated:
         fn = metric_fn(task.metric)
         dcfg = decoding.DecodeConfig(method="greedy", max_new_tokens=cfg.max_new_tokens)
@@ -232,6 +241,8 @@ def evaluate_examples(
         "score": float(np.mean(per_example)) if per_example else None,
         "num_examples": len(examples), "num_rank_classified": len(ranked), "num_generated": len(generated),
     }
+    if cfg.scoring == "lm_eval" and ranked:
+        summary["acc_norm"] = float(np.mean([full[i]["acc_norm"] for i in ranked]))
     return summary, full
 
 

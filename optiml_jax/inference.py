@@ -4,6 +4,8 @@ Rank classification (Brown et al. 2020, paper section 4.1) scores every answer c
 given the prompt and picks the best. The candidate is scored the way the model was trained on targets: the
 prompt is ``[bos] + encode(source)``, the candidate ``encode(candidate) + [eos]`` (the EOS says the answer ends
 there, which separates "yes" from "yes, but ...").
+That is the default "optiml" convention; ``Predictor.score(convention="lm_eval")`` tokenises pairs by
+lm-evaluation-harness's rule instead (`optiml_jax.candidates`).
 
 Two ways to compute the same numbers:
 
@@ -30,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optiml_jax import candidates as candidates_lib
 from optiml_jax import decoding
 from optiml_jax.partitioning import to_host
 
@@ -283,7 +286,10 @@ class Predictor:
 
     def encode_prompt(self, text: str, reserve: int) -> list[int]:
         """``[bos] + encode(text)``, cut from the left to leave ``reserve`` positions for the continuation."""
-        ids = [self.vocab.bos_id] + list(self.vocab.encode(text))
+        return self.fit_prompt([self.vocab.bos_id] + list(self.vocab.encode(text)), reserve)
+
+    def fit_prompt(self, ids: list[int], reserve: int) -> list[int]:
+        """Prompt ids (BOS first), cut from the left after the BOS to leave ``reserve`` positions."""
         limit = self.max_positions - reserve
         if self.max_prompt_tokens is not None:
             limit = min(limit, self.max_prompt_tokens)
@@ -345,18 +351,22 @@ class Predictor:
         *,
         normalize: bool = False,
         method: ScoreMethod = "cache",
+        convention: str = "optiml",
     ) -> list[list[float]]:
-        """Log-likelihood of each candidate given its prompt (sum, or per-token mean with ``normalize``)."""
+        """Log-likelihood of each candidate given its prompt (sum, or per-token mean with ``normalize``).
+
+        ``convention`` says how (prompt, candidate) become token ids: "optiml" (candidate + EOS, as trained) or
+        "lm_eval" (lm-evaluation-harness's whole-string rule, no EOS); see `optiml_jax.candidates`.
+        """
         if len(prompts) != len(candidates):
             raise ValueError(f"Predictor.score: {len(prompts)} prompts but {len(candidates)} candidate lists")
         for i, c in enumerate(candidates):
             if isinstance(c, str) or len(c) == 0:
                 raise ValueError(f"Predictor.score: prompt {i} needs a non-empty list of candidate strings")
-        cand_ids = [
-            [list(self.vocab.encode(c)) + [self.vocab.eos_id] for c in cands] for cands in candidates
-        ]
+        pairs = [candidates_lib.encode_choices(self.vocab, p, list(c), convention) for p, c in zip(prompts, candidates)]
+        cand_ids = [cands for _, cands in pairs]
         reserve = [max(len(c) for c in cands) for cands in cand_ids]
-        encoded = [self.encode_prompt(p, r) for p, r in zip(prompts, reserve)]
+        encoded = [self.fit_prompt(ctx, r) for (ctx, _), r in zip(pairs, reserve)]
         scores: list[list[float]] = [[] for _ in prompts]
         for idx, _ in self.plan_batches([len(e) for e in encoded], self.max_positions):
             lps = candidate_logprobs(
