@@ -69,14 +69,22 @@ def _partitioned(init: Any, names: tuple[str | None, ...]) -> Any:
 
 
 class _EinsumDense(nn.Module):
-    """``einsum(spec, x, kernel) + bias`` with the kernel declared in its final shape under logical names.
+    """``tensordot(x, kernel, contract) + bias`` with the kernel declared in its final shape under logical names.
 
-    Used for the attention projections instead of nn.DenseGeneral, which initialises a flat 2-D kernel and
-    reshapes it: flax checks the logical names against the initialiser's shape when a mesh and axis rules are
-    active. The bias covers the kernel's trailing (output) dimensions.
+    The last ``contract`` dimensions of ``x`` are contracted with the kernel's first ``contract`` dimensions,
+    in the same order (q/k/v: ``...e,ehd->...hd`` is 1; out_proj: ``...hd,hde->...e`` is 2). Used for the
+    attention projections instead of nn.DenseGeneral, which initialises a flat 2-D kernel and reshapes it: flax
+    checks the logical names against the initialiser's shape when a mesh and axis rules are active. The bias
+    covers the kernel's trailing (output) dimensions.
+
+    Not ``jnp.einsum``: for ``...hd,hde->...e`` it emits the contraction as (d, h) x (d, h), and XLA's CPU
+    backend then copies the [heads, head_dim, hidden] kernel into a [head_dim, heads, hidden] layout to make
+    it a 2-D matmul, at every step of the compiled decode loop (it is not hoisted out of the while loop).
+    Contracting (h, d) in storage order makes the kernel a free [heads * head_dim, hidden] view, as HF's
+    [hidden, heads * head_dim] ``out_proj`` weight is.
     """
 
-    spec: str
+    contract: int
     kernel_shape: tuple[int, ...]
     kernel_axes: tuple[str, ...]
     bias_axes: tuple[str, ...]
@@ -89,7 +97,7 @@ class _EinsumDense(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", _partitioned(self.kernel_init, self.kernel_axes), self.kernel_shape,
                             self.param_dtype)
-        y = jnp.einsum(self.spec, x.astype(self.dtype), kernel.astype(self.dtype))
+        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.contract)
         if self.use_bias:
             bias_shape = self.kernel_shape[len(self.kernel_shape) - len(self.bias_axes):]
             bias = self.param("bias", _partitioned(nn.initializers.zeros, self.bias_axes), bias_shape,
@@ -112,7 +120,7 @@ class OPTAttention(nn.Module):
         kernel_init = nn.initializers.normal(cfg.init_std)
 
         def projection(name: str) -> _EinsumDense:
-            return _EinsumDense(spec="...e,ehd->...hd", kernel_shape=(cfg.hidden_size, heads, head_dim),
+            return _EinsumDense(contract=1, kernel_shape=(cfg.hidden_size, heads, head_dim),
                                 kernel_axes=("embed", "heads", "kv"), bias_axes=("heads", "kv"),
                                 use_bias=cfg.enable_bias, dtype=dtype, param_dtype=param_dtype,
                                 kernel_init=kernel_init, name=name)
@@ -161,7 +169,7 @@ class OPTAttention(nn.Module):
             out = jnp.einsum(f"bhqk,{k_spec}->{q_spec}", probs.astype(dtype), value)
             if layout == "bhld":
                 out = jnp.swapaxes(out, 1, 2)
-        out = _EinsumDense(spec="...hd,hde->...e", kernel_shape=(heads, head_dim, cfg.hidden_size),
+        out = _EinsumDense(contract=2, kernel_shape=(heads, head_dim, cfg.hidden_size),
                            kernel_axes=("heads", "kv", "embed"), bias_axes=("embed",), use_bias=cfg.enable_bias,
                            dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init, name="out_proj")(out)
         return out
