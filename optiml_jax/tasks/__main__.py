@@ -13,6 +13,7 @@ import collections
 import json
 import sys
 import time
+from typing import Sequence
 
 from optiml_jax.tasks import leakage, mixtures, pipeline
 from optiml_jax.tasks.schema import LEVELS
@@ -31,39 +32,95 @@ def _roles(bench: pipeline.Bench) -> dict[str, str]:
     return roles
 
 
-def benchmark_table(bench: pipeline.Bench) -> str:
-    """Tasks per benchmark x role, then per category x role (plain text)."""
+def _table1_rows(bench: pipeline.Bench, *, on_disk: bool) -> list[list[str]]:
+    """The paper's Table 1 layout for the bench: per benchmark (categories, tasks, examples, then tasks per
+    role), then the OPT-IML Bench train / validation / test rows. ``on_disk``: only tasks with examples in the
+    data directory, counted by their instances there; else the catalogue's tasks and release sizes."""
     roles = _roles(bench)
-    role_names = sorted(set(roles.values()))
-    lines = [f"split definition: {bench.split_name}   data_dir: {bench.data_dir}", ""]
-    for key, title in ((lambda i: i.benchmark, "benchmark"), (lambda i: i.category, "category")):
-        counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-        for name, info in bench.catalogue.items():
-            counts[key(info)][roles[name]] += 1
-        width = max(len(title), *(len(k) for k in counts)) + 2
-        cw = max(len(r) for r in role_names) + 2
-        lines.append(f"{title:<{width}}" + "".join(f"{r:>{cw}}" for r in role_names) + f"{'total':>8}")
-        for k in sorted(counts):
-            c = counts[k]
-            lines.append(f"{k:<{width}}" + "".join(f"{c[r]:>{cw}}" for r in role_names) + f"{sum(c.values()):>8}")
-        lines.append("")
-    lines.append("evaluation tasks per level:")
-    for split in pipeline.EVAL_SPLITS:
-        lines.append("  " + split + ": " + ", ".join(f"{lv} {len(bench.eval_tasks.get((split, lv), ()))}"
-                                                    for lv in LEVELS))
+    eval_split = {n: s for (s, lv), names in bench.eval_tasks.items() if lv != "supervised" for n in names}
+
+    def size(name: str) -> int:
+        if on_disk:
+            try:
+                return len(bench.examples(name))
+            except (FileNotFoundError, ValueError):   # no data dir / unreadable: not present on disk
+                return 0
+        return bench.catalogue[name].num_instances
+
+    in_scope = [n for n in sorted(bench.catalogue) if roles[n] != "unused"
+                and bench.role(n) != "excluded" or n in bench.leakage_drops]
+    sizes = {n: size(n) for n in in_scope}
+    present = [n for n in in_scope if not on_disk or sizes[n] > 0]
+    rows = []
+    groups: dict[str, list[str]] = collections.defaultdict(list)
+    for n in present:
+        groups[bench.catalogue[n].benchmark].append(n)
+
+    def row(label: str, names: Sequence[str]) -> list[str]:
+        cats = {bench.catalogue[n].category for n in names}
+        trained = [n for n in names if n in bench.train_tasks]
+        val = [n for n in names if eval_split.get(n) == "validation"]
+        test = [n for n in names if eval_split.get(n) == "test"]
+        dropped = [n for n in names if n in bench.leakage_drops]
+        return [label, str(len(cats)), str(len(names)), f"{sum(sizes[n] for n in names):,}",
+                str(len(trained)), str(len(val)), str(len(test)), str(len(dropped))]
+
+    for bench_name in sorted(groups):
+        rows.append(row(bench_name, groups[bench_name]))
+    rows.append(row("**OPT-IML Bench (train)**", [n for n in present if n in bench.train_tasks]))
+    rows.append(row("**OPT-IML Bench (validation)**", [n for n in present if eval_split.get(n) == "validation"]))
+    rows.append(row("**OPT-IML Bench (test)**", [n for n in present if eval_split.get(n) == "test"]))
+    return rows
+
+
+_TABLE1_HEADER = ["benchmark", "categories", "tasks", "examples", "train tasks", "validation tasks",
+                  "test tasks", "dropped by the audit"]
+
+
+def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def bench_report(bench: pipeline.Bench, mixture: str, config: mixtures.MixtureConfig, *,
+                 max_tasks: int | None = 30) -> str:
+    """The `--report` text (markdown): Table 1 as configured and as present on disk, supervised tasks, the
+    realised mixture (share per benchmark, rate per task) and the tasks the leakage audit dropped, with why."""
+    out = [f"split definition `{bench.split_name}`, data dir `{bench.data_dir}`, mixture `{mixture}`, "
+           f"EPS {config.eps}", ""]
+    out += ["### Table 1, as configured (catalogue tasks, release sizes)", "",
+            _markdown(_TABLE1_HEADER, _table1_rows(bench, on_disk=False)), ""]
+    out += ["### Table 1, as present on disk (tasks with instances, instances on disk)", "",
+            _markdown(_TABLE1_HEADER, _table1_rows(bench, on_disk=True)), ""]
+    sup = {s: len(bench.eval_tasks.get((s, "supervised"), ())) for s in pipeline.EVAL_SPLITS}
+    out += ["Evaluation tasks per level: " + "; ".join(
+        f"{s}: " + ", ".join(f"{lv} {len(bench.eval_tasks.get((s, lv), ()))}" for lv in LEVELS)
+        for s in pipeline.EVAL_SPLITS) + f" (supervised = held-out instances of training tasks: {sup}).", ""]
+    rates, skipped = pipeline.training_rates(bench, mixture, config)
+    bench_rows, task_rows = mixtures.rates_table(rates)
+    out += ["### Realised mixture", "", _markdown(
+        ["benchmark", "tasks", "capped at EPS", "examples", "share"],
+        [[r["benchmark"], str(r["tasks"]), str(r["capped"]), f"{r['examples']:,}", f"{100 * r['share']:.2f}%"]
+         for r in bench_rows]), ""]
+    shown = sorted(task_rows, key=lambda r: (-r["rate"], r["task"]))
+    title = f"Rate per task (the {max_tasks} highest of {len(task_rows)})" if max_tasks is not None and \
+        len(shown) > max_tasks else f"Rate per task ({len(task_rows)})"
+    out += [title, "", _markdown(["task", "benchmark", "size", "rate"],
+                                 [[r["task"], r["benchmark"], f"{r['size']:,}", f"{100 * r['rate']:.4f}%"]
+                                  for r in shown[:max_tasks]]), ""]
+    if skipped:
+        out += [f"{len(skipped)} training tasks have no examples on disk and are not in the mixture "
+                f"(e.g. {', '.join(skipped[:3])}).", ""]
+    drops = sorted(bench.leakage_drops.items())
+    out += [f"### Dropped by the leakage audit ({len(drops)} training tasks, `tasks/leakage_decisions.tsv`)", ""]
+    out += [_markdown(["task", "why"], [[n, why] for n, why in drops])] if drops else ["none"]
+    return "\n".join(out)
 
 
 def _report(args) -> int:
     bench = pipeline.get_bench(args.data_dir, args.split)
-    print(benchmark_table(bench))
-    print()
-    cfg = mixtures.MixtureConfig(eps=args.eps)
-    rates, skipped = pipeline.training_rates(bench, args.mixture, cfg)
-    print(mixtures.rates_report(rates, max_tasks=args.max_tasks))
-    if skipped:
-        print(f"\n{len(skipped)} training tasks have no examples on disk and are not in the mixture "
-              f"(e.g. {', '.join(skipped[:3])})")
+    print(bench_report(bench, args.mixture, mixtures.MixtureConfig(eps=args.eps), max_tasks=args.max_tasks))
     return 0
 
 

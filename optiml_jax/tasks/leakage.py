@@ -268,13 +268,14 @@ def decide(overlaps: Sequence[Overlap], *, train: Mapping[str, TaskFacts], evalu
 
 
 def dropped_train_tasks(decisions: Iterable[Decision]) -> dict[str, str]:
-    """Train task -> reason (its first DROP row), for every task the decisions drop."""
-    out: dict[str, str] = {}
+    """Train task -> reason, for every task the decisions drop; the reason quotes its strongest evidence (the
+    DROP row with the highest overlap; the first of equals)."""
+    best: dict[str, Decision] = {}
     for d in decisions:
-        if d.decision == DROP and d.train_task not in out:
-            out[d.train_task] = (f"leakage audit: {d.rule} with eval task {d.eval_task!r} "
-                                 f"({100 * d.overlap:.1f}% of its examples)")
-    return out
+        if d.decision == DROP and (d.train_task not in best or d.overlap > best[d.train_task].overlap):
+            best[d.train_task] = d
+    return {t: f"leakage audit: {d.rule} with eval task {d.eval_task!r} ({100 * d.overlap:.1f}% of its examples)"
+            for t, d in sorted(best.items())}
 
 
 def decisions_path() -> pathlib.Path:
