@@ -18,15 +18,10 @@ import pytest
 
 from optiml_jax import errors, train
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from train_runs import REPO, TINY_RUN, env, losses as _losses
+
 STEPS = 12
-RUN = [
-    "--gin_file=gin/train/tiny_cpu.gin",
-    "--gin.optiml_jax.models.configs.model_config.name='tiny'",
-    "--gin.optiml_jax.train.seq_len=64",
-    "--gin.BATCH_SIZE=4",
-    "--gin.optiml_jax.train.progress_bar=False",
-    "--gin.optiml_jax.train.peak_flops_per_device=1e11",  # skip the start-up matmul benchmark
+RUN = TINY_RUN + [
     "--gin.optiml_jax.train.heldout_max_batches=0",
     "--gin.optiml_jax.train.export_final=False",
     "--gin.CheckpointConfig.save_every=4",
@@ -43,12 +38,7 @@ def _clean_gin():
 
 
 def _env() -> dict:
-    env = dict(os.environ)
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-               USE_TF="0", PYTHONUNBUFFERED="1")
-    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", errors.VERBOSE_ENV):
-        env.pop(var, None)
-    return env
+    return env(2)
 
 
 def _cmd(model_dir: pathlib.Path, *extra: str, steps: int = STEPS) -> list[str]:
@@ -59,16 +49,6 @@ def _cmd(model_dir: pathlib.Path, *extra: str, steps: int = STEPS) -> list[str]:
 def _run(model_dir: pathlib.Path, *extra: str, steps: int = STEPS) -> subprocess.CompletedProcess:
     return subprocess.run(_cmd(model_dir, *extra, steps=steps), cwd=REPO, env=_env(), capture_output=True,
                           text=True, timeout=900)
-
-
-def _losses(model_dir: pathlib.Path) -> dict[int, float]:
-    """step -> loss from metrics.jsonl; a resumed run's repeated steps overwrite the earlier lines."""
-    out = {}
-    for line in (model_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            out[rec["step"]] = rec["loss"]
-    return out
 
 
 def _assert_same_losses(got: dict[int, float], want: dict[int, float]) -> None:

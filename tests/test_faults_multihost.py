@@ -3,8 +3,6 @@
 JAX's preemption sync manager (started by `jax.distributed.initialize`) agrees on the step; every process saves
 it; the rerun continues to the same losses as an uninterrupted two-process run. Slow: four two-process runs.
 """
-import json
-import os
 import pathlib
 import signal
 import socket
@@ -16,15 +14,10 @@ import pytest
 
 from optiml_jax import errors
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
+from train_runs import REPO, TINY_RUN, env as _cpu_env, losses as _losses
+
 STEPS = 12
-RUN = [
-    "--gin_file=gin/train/tiny_cpu.gin",
-    "--gin.optiml_jax.models.configs.model_config.name='tiny'",
-    "--gin.optiml_jax.train.seq_len=64",
-    "--gin.BATCH_SIZE=4",
-    "--gin.optiml_jax.train.progress_bar=False",
-    "--gin.optiml_jax.train.peak_flops_per_device=1e11",
+RUN = TINY_RUN + [
     "--gin.optiml_jax.train.heldout_max_batches=0",
     "--gin.optiml_jax.train.export_final=False",
     "--gin.CheckpointConfig.save_every=100",
@@ -41,9 +34,7 @@ def _port() -> int:
 
 def _start(model_dir: pathlib.Path, logs: pathlib.Path) -> list[subprocess.Popen]:
     port = _port()
-    env = dict(os.environ)
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-               USE_TF="0", PYTHONUNBUFFERED="1")
+    env = _cpu_env(1)
     procs = []
     for pid in range(2):
         d = "--gin.optiml_jax.DistributedConfig"
@@ -63,15 +54,6 @@ def _finish(procs, timeout=900) -> list[int]:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-
-
-def _losses(model_dir: pathlib.Path) -> dict[int, float]:
-    out = {}
-    for line in (model_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            out[rec["step"]] = rec["loss"]
-    return out
 
 
 @pytest.mark.slow

@@ -1,6 +1,5 @@
 """The training CLI end to end (subprocesses on CPU): outputs, SIGKILL + resume == uninterrupted, clear errors."""
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -11,17 +10,7 @@ import pytest
 
 from optiml_jax import train
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-
-# A very small run of the embedded default: the "tiny" model (GPT-2 vocabulary fits its 50272 rows).
-SMALL = [
-    "--gin_file=gin/train/tiny_cpu.gin",
-    "--gin.optiml_jax.models.configs.model_config.name='tiny'",
-    "--gin.optiml_jax.train.seq_len=64",
-    "--gin.BATCH_SIZE=4",
-    "--gin.optiml_jax.train.progress_bar=False",
-    "--gin.optiml_jax.train.peak_flops_per_device=1e11",  # skip the start-up matmul benchmark
-]
+from train_runs import REPO, TINY_RUN as SMALL, env as _env, losses as _losses
 
 
 @pytest.fixture(autouse=True)
@@ -33,27 +22,8 @@ def _clean_gin():
     gin.clear_config()
 
 
-def _env(devices: int = 1) -> dict:
-    env = dict(os.environ)
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-               TF_CPP_MIN_LOG_LEVEL="3", USE_TF="0", PYTHONUNBUFFERED="1")
-    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
-        env.pop(var, None)
-    return env
-
-
 def _cmd(model_dir: pathlib.Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "optiml_jax.train", *SMALL, f"--gin.MODEL_DIR='{model_dir}'", *extra]
-
-
-def _losses(model_dir: pathlib.Path) -> dict[int, float]:
-    """step -> loss from metrics.jsonl; a resumed run's repeated steps overwrite the earlier lines."""
-    out = {}
-    for line in (model_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
-            out[rec["step"]] = rec["loss"]
-    return out
 
 
 def _check_outputs(model_dir: pathlib.Path, stdout: str, steps: int) -> None:
