@@ -36,6 +36,11 @@ TEST = [
     "ipykernel",
 ]
 
+# Benchmark-only engines compared against in bench/ (`pip install -e .[bench]`); never imported by the package.
+BENCH = [
+    "ctranslate2==4.8.5",
+]
+
 setuptools.setup(
     name="optiml-jax",
     version="0.1.0",
@@ -43,5 +48,5 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["optiml_jax", "optiml_jax.*", "bench", "bench.*"]),
     python_requires=">=3.10",
     install_requires=RUNTIME,
-    extras_require={"test": TEST},
+    extras_require={"test": TEST, "bench": BENCH},
 )

@@ -5,7 +5,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 SECTIONS: tuple[str, ...] = ("peak", "train_step", "mfu", "memory", "packing", "decoding", "rank_classification",
-                             "scaling", "paper_scale", "gpu")
+                             "engines", "scaling", "paper_scale", "gpu")
 TOP_LEVEL: tuple[str, ...] = ("schema_version", "mode", "machine", "settings", "sections", "targets", "errors",
                               "timings_s", "peak_rss_bytes")
 
@@ -40,6 +40,36 @@ def _f(x: Any, fmt: str = "{:.3g}") -> str:
 
 def _gflops(x: float | None) -> str:
     return "-" if x is None else f"{x / 1e9:.1f}"
+
+
+def _render_engines(e: dict[str, Any]) -> list[str]:
+    out = ["", "## Eval engines: ours vs HF PyTorch vs CTranslate2 (one interleaved run)", ""]
+    if e.get("status"):
+        return out + [e["status"]]
+    names = e["engines"]
+    others = [n for n in names if n != "ours_f32"]
+    out += [f"{e['model']}, CTranslate2 {e['ctranslate2']}, {e['threads']} threads each; ratio = ours f32 / engine "
+            "(> 1: ours faster); agreement = identical greedy tokens / largest |log-prob difference| vs ours.", "",
+            "### Greedy decoding (new tokens/s)", "",
+            "| batch | prompt | new | " + " | ".join(names) + " | " + " | ".join(f"ratio vs {n}" for n in others)
+            + " | " + " | ".join(f"agreement {n}" for n in others) + " |",
+            "|" + "---|" * (3 + len(names) + 2 * len(others))]
+    for r in e["greedy"]:
+        out.append(f"| {r['batch']} | {r['prompt_len']} | {r['new_tokens']} | "
+                   + " | ".join(f"{r['engines'][n]['tokens_per_s']:.0f}" for n in names) + " | "
+                   + " | ".join(_f(r['ratio_ours_over'][n]) for n in others) + " | "
+                   + " | ".join(f"{r['token_agreement_with_ours'][n]:.0%}" for n in others) + " |")
+    rc = e["rank_classification"]
+    out += ["", f"### Rank classification ({rc['examples']} examples x {rc['candidates_per_example']} candidates, "
+            f"prompts {rc['prompt_lens']} tokens, candidates {rc['candidate_lens']})", "",
+            "| engine | examples/s | ratio ours / engine | max abs log-prob diff vs ours | same prediction |",
+            "|---|---|---|---|---|"]
+    for n in names:
+        ag = rc["agreement_with_ours"].get(n, {})
+        out.append(f"| {n} | {rc['engines'][n]['examples_per_s']:.1f} | {_f(rc['ratio_ours_over'].get(n))} | "
+                   f"{_f(ag.get('max_abs_logprob_diff'), '{:.2e}')} | "
+                   f"{'-' if not ag else format(ag['prediction_agreement'], '.0%')} |")
+    return out
 
 
 def render_markdown(record: dict[str, Any]) -> str:
@@ -112,10 +142,14 @@ def render_markdown(record: dict[str, Any]) -> str:
         r = s["rank_classification"]
         out += ["", f"## Rank classification ({r['model']}, {r['examples']} examples x {r['candidates_per_example']} "
                 f"candidates, prompts {r['prompt_lens']} tokens)", "",
-                f"- ours (KV cache): {r['ours']['examples_per_s']:.1f} examples/s; HF full forward: "
-                f"{r['hf']['examples_per_s']:.1f} examples/s; ratio **{_f(r['ratio_ours_over_hf'])}x**",
+                f"- ours (KV cache): {r['ours']['examples_per_s']:.1f} examples/s; HF with the prompt's KV cache "
+                f"reused: {r['hf']['examples_per_s']:.1f} examples/s; ratio **{_f(r['ratio_ours_over_hf'])}x**",
+                f"- naive HF full forward per candidate (earlier runs' baseline): "
+                f"{r['hf_full']['examples_per_s']:.1f} examples/s; ratio {_f(r['ratio_ours_over_hf_full'])}x",
                 f"- max |log-prob difference| {r['max_abs_logprob_diff']:.2e}; same prediction "
                 f"{r['prediction_agreement']:.0%}"]
+    if "engines" in s:
+        out += _render_engines(s["engines"])
     if "scaling" in s:
         sc = s["scaling"]
         out += ["", f"## Scaling on {sc['num_devices']} fake CPU devices ({sc['model']}, batch {sc['batch']} x "

@@ -55,6 +55,11 @@ class Settings:
     rank_candidates: int = 4
     rank_prompt_lens: tuple[int, int] = (64, 256)
     rank_cand_lens: tuple[int, int] = (1, 6)
+    # Engines section (ours vs HF vs CTranslate2, f32 and int8): greedy at decode_batches/prompt/new tokens,
+    # rank classification on the rank_* inputs, engines_repeats rounds.
+    engines_model: str = "125m-2l"
+    engines_repeats: int = 5
+    engines_int8: bool = True
     scaling_model: str = "tiny"
     scaling_seq_len: int = 256
     scaling_batch: int = 16
@@ -75,7 +80,7 @@ class Settings:
                    mfu_repeats=2, memory_model="tiny", memory_seq_len=128, packing_batch=8, packing_batches=4,
                    decode_model="tiny", decode_prompt_len=32, decode_new_tokens=16, decode_repeats=2,
                    rank_examples=8, rank_candidates=3, rank_prompt_lens=(16, 64), rank_cand_lens=(1, 4),
-                   scaling_seq_len=64, scaling_batch=8, scaling_repeats=2, paper_widths=(64, 128), paper_heads=4,
+                   engines_model="tiny", engines_repeats=2, scaling_seq_len=64, scaling_batch=8, scaling_repeats=2, paper_widths=(64, 128), paper_heads=4,
                    paper_seq_len=128, gpu_models=("opt-125m",), gpu_tokens_per_step=2048)
 
     @classmethod
@@ -87,7 +92,8 @@ class Settings:
                    mfu_repeats=1, memory_model="micro", memory_seq_len=32, packing_seq_len=128, packing_batch=2,
                    packing_batches=2, packing_simulate_segments=100, decode_model="micro", decode_batches=(1, 2), decode_prompt_len=8,
                    decode_new_tokens=4, decode_repeats=1, rank_examples=3, rank_candidates=2,
-                   rank_prompt_lens=(4, 12), rank_cand_lens=(1, 3), scaling_model="micro", scaling_seq_len=32,
+                   rank_prompt_lens=(4, 12), rank_cand_lens=(1, 3), engines_model="micro", engines_repeats=1,
+                   scaling_model="micro", scaling_seq_len=32,
                    scaling_batch=8, scaling_repeats=1, paper_widths=(32, 64), paper_heads=4, paper_seq_len=64,
                    gpu_models=("micro",), gpu_tokens_per_step=256)
 
@@ -101,8 +107,10 @@ TARGETS = (
                     if r["model"] == "125m-2l" and r["seq_len"] == 512 and r["dtype"] == "float32")),
     ("greedy decoding tokens/s vs HF generate (worst batch size)", ">= 2x", 2.0,
      lambda s: min(r["ratio_ours_over_hf"] for r in s["decoding"]["rows"])),
-    ("rank classification examples/s vs HF", ">= 2x", 2.0,
+    ("rank classification examples/s vs HF (prompt KV cache reused)", ">= 2x", 2.0,
      lambda s: s["rank_classification"]["ratio_ours_over_hf"]),
+    ("greedy decoding tokens/s vs CTranslate2 f32 at batch 8", ">= 1.2x", 1.2,
+     lambda s: next(r["ratio_ours_over"]["ct2_f32"] for r in s["engines"]["greedy"] if r["batch"] == 8)),
     ("real tokens in packed batches (2048 unless --smoke)", ">= 95%", 0.95,
      lambda s: s["packing"]["real_token_fraction"]),
 )
@@ -132,7 +140,7 @@ def run_suite(settings: Settings, *, mode: str, only: tuple[str, ...] | None = N
     common.setup_threads()
     import jax
 
-    from bench import decode, packing, paper_scale, peak, scaling, train_step
+    from bench import decode, engines, packing, paper_scale, peak, scaling, train_step
 
     s = settings
     sections: dict[str, Any] = {}
@@ -184,6 +192,11 @@ def run_suite(settings: Settings, *, mode: str, only: tuple[str, ...] | None = N
     section("rank_classification", lambda: decode.rank_classification(
         s.decode_model, examples=s.rank_examples, candidates=s.rank_candidates, prompt_lens=s.rank_prompt_lens,
         cand_lens=s.rank_cand_lens, repeats=s.decode_repeats))
+    section("engines", lambda: engines.compare_engines(
+        s.engines_model, batch_sizes=s.decode_batches, prompt_len=s.decode_prompt_len,
+        new_tokens=s.decode_new_tokens, rank_examples=s.rank_examples, rank_candidates=s.rank_candidates,
+        rank_prompt_lens=s.rank_prompt_lens, rank_cand_lens=s.rank_cand_lens, repeats=s.engines_repeats,
+        with_int8=s.engines_int8, log=log))
     section("scaling", lambda: scaling.run_subprocess(
         s.scaling_model, seq_len=s.scaling_seq_len, batch=s.scaling_batch, repeats=s.scaling_repeats))
 

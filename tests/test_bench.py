@@ -5,10 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from bench import packing, paper_scale, report, run  # bench/ is importable from the repo root (pytest.ini)
+from bench import engines, packing, paper_scale, report, run  # bench/ is importable from the repo root (pytest.ini)
 
 # Sections that compile several extra programs (slow on 2 shared cores) are covered by slow tests below.
-FAST_SECTIONS = ("peak", "train_step", "mfu", "packing", "decoding", "rank_classification", "gpu")
+FAST_SECTIONS = ("peak", "train_step", "mfu", "packing", "decoding", "rank_classification", "engines", "gpu")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_smoke_record_is_valid_and_written(smoke_record):
     assert on_disk["schema_version"] == report.SCHEMA_VERSION and on_disk["mode"] == "smoke"
     md = (out / "latest.md").read_text()
     for heading in ("## Targets", "## Peak matmul", "## Train step vs HF", "## MFU", "## Packing",
-                    "## Greedy decoding", "## Rank classification", "## GPU-only"):
+                    "## Greedy decoding", "## Rank classification", "## Eval engines", "## GPU-only"):
         assert heading in md
     assert record["machine"]["cores"] >= 1 and record["peak_rss_bytes"] > 0
 
@@ -60,9 +60,30 @@ def test_smoke_numbers_are_consistent(smoke_record):
         assert r["token_agreement"] >= 0.9
     assert s["rank_classification"]["max_abs_logprob_diff"] < 1e-3
     assert s["rank_classification"]["prediction_agreement"] == 1.0
+    assert s["rank_classification"]["hf_cached_vs_full"]["max_abs_logprob_diff"] < 1e-3
+    e = s["engines"]
+    if e.get("status"):  # ctranslate2 is a bench-only extra
+        assert e == {"status": engines.SKIPPED}
+    else:
+        for r in e["greedy"]:
+            assert set(r["engines"]) == set(e["engines"]) and all(v > 0 for v in r["ratio_ours_over"].values())
+            assert r["token_agreement_with_ours"]["hf_f32"] >= 0.9
+            assert r["token_agreement_with_ours"]["ct2_f32"] >= 0.9
+        agree = e["rank_classification"]["agreement_with_ours"]
+        assert agree["hf_f32"]["max_abs_logprob_diff"] < 1e-3 and agree["ct2_f32"]["max_abs_logprob_diff"] < 1e-2
     p = s["packing"]
     assert 0.5 < p["real_token_fraction"] <= 1.0 and p["split"] == "optiml"
     assert s["gpu"] == {"status": "skipped: no GPU"}
+
+
+def test_engines_skip_without_ctranslate2(monkeypatch):
+    monkeypatch.setattr(engines, "ct2_version", lambda: None)
+    lines = []
+    out = engines.compare_engines("micro", batch_sizes=(1,), prompt_len=4, new_tokens=2, rank_examples=1,
+                                  rank_candidates=2, rank_prompt_lens=(4, 4), rank_cand_lens=(1, 1), repeats=1,
+                                  log=lines.append)
+    assert out == {"status": "skipped: ctranslate2 not installed"} and "skipped: ctranslate2 not installed" in lines[0]
+    assert "skipped: ctranslate2 not installed" in "\n".join(report._render_engines(out))
 
 
 def test_targets_report_status():
