@@ -709,7 +709,8 @@ def _parse_t0_file(key: tuple[str, int, int], templates_key: TemplateIndexKey | 
             # The template's own option list (metadata): the full label set, whatever labels the sample holds.
             exs, missing = _apply_options(exs, choices)
             fixed_choice_templates += 1
-            reports[ds_name].flagged[CHOICES_MISS_REFERENCE] += missing
+            if missing:
+                reports[ds_name].flagged[CHOICES_MISS_REFERENCE] += missing
         grouped[ds_name].extend(exs)
     for name, report in reports.items():
         report.loaded = len(grouped.get(name, []))
