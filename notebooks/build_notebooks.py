@@ -770,16 +770,16 @@ MIXTURES = [
     ## 4. Leakage audit
 
     For every (training task, evaluation task) pair, the audit counts the evaluation instances that share a
-    13-gram with any training instance of the training task; pairs above 1 % are flagged, and
-    `python -m optiml_jax.tasks leakage --drop` writes their training tasks to an exclusion list that every
-    training mixture honours. Without a data directory it runs on the embedded suite; with one, on the
+    13-gram with any training instance of the training task; pairs above 1 % are resolved, and
+    `python -m optiml_jax.tasks leakage` writes the decisions to `tasks/leakage_decisions.tsv`, which every
+    training mixture applies. Without a data directory it runs on the embedded suite; with one, on the
     paper's split (in quick mode only the training tasks built on the same source datasets as some
     evaluation task, where overlaps concentrate, and at most 50 instances per evaluation task).
     """),
     ("code", r'''
-    audited = pipeline.get_bench(DATA_DIR)
+    audited = pipeline.get_bench(DATA_DIR, apply_leakage_decisions=False)   # as the CLI: the audit's own input
     if DATA_DIR is None or not QUICK:
-        flagged, summary = leakage.audit_bench(audited, max_eval_examples=AUDIT_MAX_EVAL_EXAMPLES)
+        _, flagged, summary = leakage.audit_bench(audited, max_eval_examples=AUDIT_MAX_EVAL_EXAMPLES)
         train_texts = eval_texts = None
     else:
         eval_texts = {}
@@ -806,8 +806,10 @@ MIXTURES = [
         ax.set_xlabel("evaluation instances sharing a 13-gram (%)")
         ax.set_ylabel("flagged pairs")
         plt.show()
-        path = leakage.write_exclusions({o.train_task for o in flagged}, WORK_DIR / "leakage_exclusions.txt")
-        print(f"exclusion list written to {path}; train without these tasks with OPTIML_LEAKAGE_EXCLUSIONS={path}")
+        rows = [leakage.Decision(o.train_task, o.eval_task, o.fraction, leakage.DROP, "overlap above 0.01")
+                for o in flagged]
+        path = leakage.write_decisions(rows, WORK_DIR / "leakage_decisions.tsv")
+        print(f"decisions written to {path}; train with them through OPTIML_LEAKAGE_DECISIONS={path}")
     else:
         print("no pair above the threshold: nothing to exclude")
     '''),
