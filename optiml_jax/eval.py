@@ -87,6 +87,8 @@ def run_eval(
     protocol: str = "heldout",
     bbh_modes: Sequence[str] = ("answer_only", "cot"),
     answer_only_max_new_tokens: int = 64,
+    bootstrap_samples: int = 1000,
+    bootstrap_seed: int = 0,
 ) -> dict:
     """Evaluates ``checkpoint`` (a checkpoint or a training run dir) on a held-out split; returns a summary.
 
@@ -115,6 +117,8 @@ def run_eval(
         data_dir; split, shots, levels and the split definition do not apply).
       bbh_modes: BBH prompt modes, "answer_only" and/or "cot".
       answer_only_max_new_tokens: BBH generation limit without chain of thought.
+      bootstrap_samples / bootstrap_seed: the 95% bootstrap intervals of every average and of the gains
+        (`optiml_jax.bootstrap`); 0 samples = no intervals.
     """
     # Multi-host set-up must precede any backend use.
     partitioning.maybe_initialize_distributed(distributed)
@@ -133,6 +137,8 @@ def run_eval(
             tasks=tuple(tasks) if tasks is not None else None, max_tasks_per_level=max_tasks_per_level,
             max_examples=max_examples, max_new_tokens=max_new_tokens, length_normalize=length_normalize,
             seed=seed, data_dir=data_dir, split_definition=split_definition, scoring=scoring,
+            bootstrap=evaluation.Bootstrap(num_samples=bootstrap_samples, seed=bootstrap_seed)
+            if bootstrap_samples else None,
         )
     if not checkpoint:
         raise ValueError("no checkpoint to evaluate: bind CHECKPOINT (--gin.CHECKPOINT=\"'/path/to/ckpt'\")")
@@ -171,13 +177,13 @@ def run_eval(
     out = evaluation.evaluate_models(predictors, labels, cfg, output_dir, progress=progress)
     if not partitioning.is_output_process():
         return {"labels": labels, **out}
-    print(f"\nreport:  {out['report']}")
+    print(f"\nreport:  {out['report']}\nresults: {out['results_json']}")
     for lab in labels:
         sub = os.path.join(output_dir, evaluation.safe_name(lab))
         print(f"{lab}: {os.path.join(sub, 'results.json')}, {os.path.join(sub, 'categories.png')}")
     if "figure" in out:
         print(f"figure:  {out['figure']}")
-        print(evaluation.format_gains(out["gains"], labels[0], labels[1]))
+        print(evaluation.format_gains(out["gains"], labels[0], labels[1], intervals=out.get("gain_intervals")))
     with open(out["report"]) as f:
         print(f.read())
     return {"labels": labels, **out}

@@ -12,9 +12,12 @@ SuperNI comparisons):
   levels and shot settings.
 
 Outputs under ``output_dir``: ``predictions/<task>.<k>shot.jsonl``, ``tasks/<task>.<k>shot.json`` (one file per
-finished (task, shots) unit: a restarted evaluation skips those), ``results.json`` (aggregates), ``report.md``
-(the paper's table layout) and ``categories.png``. `evaluate_models` runs several models (e.g. trained vs its
-untrained initialisation) into sub-directories and adds a side-by-side report and ``comparison.png``.
+finished (task, shots) unit, with its per-example scores: a restarted evaluation skips those), ``results.json``
+(aggregates with counts of what was found on disk, template spreads and 95% bootstrap intervals,
+`optiml_jax.reports`), ``report.md`` (the paper's table layout; missing cells "n/a") and ``categories.png``.
+`evaluate_models` renders every unit once, prints what it will do (`describe_plan`), runs several models (e.g.
+trained vs its untrained initialisation) into sub-directories and adds a side-by-side report, a top-level
+``results.json`` (also ``summary.json``) with the gains and their paired intervals, and ``comparison.png``.
 
 BIG-Bench Hard (section 6.1, Table 14) has its own protocol (`BBHConfig`, `evaluate_bbh`, `evaluate_bbh_models`):
 every test item of the 27 tasks, 3-shot with the task's own prompt examples with and without chain of thought,
@@ -26,7 +29,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -36,16 +38,15 @@ import numpy as np
 
 from optiml_jax import candidates as candidates_lib
 from optiml_jax import decoding
+from optiml_jax.bootstrap import Bootstrap
+# The pure aggregation/report layer; re-exported because callers and notebooks use them from here.
+from optiml_jax.reports import (  # noqa: F401
+    LEVEL_TITLES, aggregate, format_gains, gain_intervals, level_gains, load_results, markdown_report,
+    mean_or_none as _mean, template_spread,
+)
 from optiml_jax.tasks.schema import LEVELS, PromptedExample, TaskInfo
 
 logger = logging.getLogger(__name__)
-
-LEVEL_TITLES = {
-    "fully_heldout": "Fully held-out",
-    "partially_heldout": "Partially supervised",
-    "supervised": "Fully supervised",
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
@@ -68,6 +69,8 @@ class EvalConfig:
       data_dir: the real data directory (None = the environment's / the embedded suite).
       split_definition: "optiml" (the paper's, needs real data) or "embedded"; None = "optiml" when a data dir
         is configured, else "embedded".
+      bootstrap: settings of the 95% intervals of every average (`optiml_jax.bootstrap`); None = no intervals.
+        Not part of `unit_settings`: intervals are recomputed from the unit files.
     """
 
     split: str = "validation"
@@ -82,6 +85,7 @@ class EvalConfig:
     data_dir: str | None = None
     split_definition: str | None = None
     scoring: str = "optiml"
+    bootstrap: Bootstrap | None = Bootstrap()
 
     def __post_init__(self) -> None:
         candidates_lib.check_convention(self.scoring)
@@ -177,6 +181,69 @@ def plan(cfg: EvalConfig) -> list[Unit]:
     return units
 
 
+def render_units(units: Sequence[Unit], cfg: EvalConfig) -> dict[str, list[PromptedExample]]:
+    """The rendered examples of every unit (key -> examples), with the paper's limits: rendered once and shared
+    by every model of an evaluation (and by `describe_plan`)."""
+    from optiml_jax.tasks import pipeline
+
+    return {u.key: pipeline.eval_examples(
+        u.task.name, split=cfg.split, num_shots=u.shots, max_examples=cfg.example_limit(u.task), seed=cfg.seed,
+        data_dir=cfg.data_dir, split_definition=cfg.split_definition) for u in units}
+
+
+# Rough costs for the time estimate of `describe_plan`, measured with the tiny CPU model on the 2-core machine
+# (bench/README.md, "Evaluation"): XLA compile time of one batch shape, fixed cost per unit (rendering, files),
+# and the FLOP rate small evaluation batches reach per device (a fraction of the matmul peak).
+_COMPILE_SECONDS = {"cpu": 1.0, "gpu": 3.0, "tpu": 5.0}
+_UNIT_SECONDS = 0.02
+_FLOPS_PER_DEVICE = {"cpu": 2e10, "gpu": 1e14, "tpu": 1e14}
+
+
+def describe_plan(units: Sequence[Unit], examples: Mapping[str, Sequence[PromptedExample]], predictor: Any,
+                  cfg: EvalConfig, *, models: int = 1) -> dict:
+    """What an evaluation will do, before it starts: units, examples, prompt / candidate / generated tokens
+    (generated: the upper bound max_new_tokens per example), distinct compiled batch shapes and an estimated
+    time for this model and mesh (FLOPs at a typical rate plus compile and per-unit costs; ``models`` times)."""
+    import jax
+
+    exs = [ex for u in units for ex in examples[u.key]]
+    gen = [ex for ex in exs if not ex.candidates]
+    ranked = [ex for ex in exs if ex.candidates]
+    vocab = predictor.vocab
+    limit = predictor.max_positions
+    lengths = [min(len(ids) + 1, limit) for ids in vocab.encode_batch([ex.source for ex in exs])] if exs else []
+    cand_tokens = sum(len(ids) + 1 for ids in vocab.encode_batch([c for ex in ranked for c in ex.candidates])) \
+        if ranked else 0
+    gen_tokens = len(gen) * cfg.max_new_tokens
+    prompt_tokens = int(sum(lengths))
+    shapes = {("gen" if not ex.candidates else "rank", decoding.bucket_length(n, maximum=limit))
+              for ex, n in zip(exs, lengths)}
+    cfg_model = getattr(predictor.model, "config", None)
+    n_params = cfg_model.num_params() if cfg_model is not None else 0
+    flops = 2.0 * n_params * (prompt_tokens + cand_tokens + gen_tokens)
+    platform = jax.devices()[0].platform
+    devices = predictor.mesh.devices.size if getattr(predictor, "mesh", None) is not None else 1
+    seconds = models * (flops / (_FLOPS_PER_DEVICE.get(platform, 2e10) * devices)
+                        + len(units) * _UNIT_SECONDS) + len(shapes) * _COMPILE_SECONDS.get(platform, 1.0)
+    return {
+        "units": len(units), "units_with_data": sum(bool(examples[u.key]) for u in units),
+        "tasks": len({u.task.name for u in units}), "examples": len(exs), "rank_classified": len(ranked),
+        "generated": len(gen), "prompt_tokens": prompt_tokens, "candidate_tokens": int(cand_tokens),
+        "max_generated_tokens": gen_tokens, "compiled_shapes": len(shapes), "models": models,
+        "platform": platform, "devices": devices, "estimated_seconds": round(seconds, 1),
+    }
+
+
+def format_plan(p: Mapping) -> str:
+    """One paragraph of `describe_plan`'s numbers."""
+    mins, secs = divmod(int(round(p["estimated_seconds"])), 60)
+    return (f"evaluation plan: {p['units']} units ({p['tasks']} tasks x shot settings; {p['units_with_data']} with "
+            f"data), {p['examples']} examples ({p['rank_classified']} rank-classified, {p['generated']} generated), "
+            f"{p['prompt_tokens']:,} prompt tokens, {p['candidate_tokens']:,} candidate tokens, up to "
+            f"{p['max_generated_tokens']:,} generated tokens, ~{p['compiled_shapes']} batch shapes to compile; "
+            f"{p['models']} model(s) on {p['devices']} {p['platform']} device(s): estimated {mins}m{secs:02d}s")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Scoring one unit
 # --------------------------------------------------------------------------------------------------------------
@@ -236,10 +303,15 @@ def evaluate_examples(
             "references": list(refs), "candidates": list(ex.candidates), **rec,
         })
     per_example = [r["score"] for r in full]
+    ids = [ex.id for ex in examples]
     summary = {
         "task": task.name, "benchmark": task.benchmark, "category": task.category, "metric": task.metric,
         "score": float(np.mean(per_example)) if per_example else None,
         "num_examples": len(examples), "num_rank_classified": len(ranked), "num_generated": len(generated),
+        # Kept in the unit file so that the bootstrap (and the template spread) can be recomputed from a
+        # finished run without its predictions.
+        "example_scores": [round(float(x), 4) for x in per_example], "example_ids": ids,
+        "templates": template_spread(ids, per_example, task.benchmark),
     }
     if cfg.scoring == "lm_eval" and ranked:
         summary["acc_norm"] = float(np.mean([full[i]["acc_norm"] for i in ranked]))
@@ -348,12 +420,13 @@ def evaluate(
     output_dir: str | os.PathLike,
     *,
     units: Sequence[Unit] | None = None,
+    examples: Mapping[str, Sequence[PromptedExample]] | None = None,
     progress: bool = True,
 ) -> dict:
     """Evaluates ``predictor`` (an `optiml_jax.inference.Predictor`) on ``cfg``'s split; returns the aggregates.
 
     Finished units found in ``output_dir`` (from an earlier, possibly killed, run with the same model and
-    settings) are loaded, not recomputed.
+    settings) are loaded, not recomputed. ``examples`` (from `render_units`) saves rendering them again.
     """
     from optiml_jax.tasks import pipeline
 
@@ -376,13 +449,10 @@ def evaluate(
                 continue
             bar.set_postfix_str(f"{unit.task.name} {unit.shots}-shot")
             t0 = time.time()
-            examples = pipeline.eval_examples(
-                unit.task.name, split=cfg.split, num_shots=unit.shots, max_examples=cfg.example_limit(unit.task),
-                seed=cfg.seed, data_dir=cfg.data_dir, split_definition=cfg.split_definition,
-            )
-            if not examples:
-                logger.warning("task %s has no %s examples: left out of the averages", unit.task.name, cfg.split)
-            summary, records = evaluate_examples(predictor, unit.task, examples, cfg) if examples else (
+            exs = list(examples[unit.key]) if examples is not None else render_units([unit], cfg)[unit.key]
+            if not exs:
+                logger.warning("task %s has no %s examples: n/a in the report", unit.task.name, cfg.split)
+            summary, records = evaluate_examples(predictor, unit.task, exs, cfg) if exs else (
                 {"task": unit.task.name, "benchmark": unit.task.benchmark, "category": unit.task.category,
                  "metric": unit.task.metric, "score": None, "num_examples": 0, "num_rank_classified": 0,
                  "num_generated": 0}, [])
@@ -395,7 +465,8 @@ def evaluate(
     if not any(r["num_examples"] for r in results):
         raise ValueError(f"split {cfg.split!r} has no data: none of the {len(results)} evaluation units has examples")
 
-    agg = aggregate(results, shots=cfg.shots, levels=cfg.levels, name=predictor.name, split=cfg.split)
+    agg = aggregate(results, shots=cfg.shots, levels=cfg.levels, name=predictor.name, split=cfg.split,
+                    bootstrap=cfg.bootstrap)
     agg["reused_units"] = reused
     agg["truncated_prompts"] = int(getattr(predictor, "truncated_prompts", 0))
     _write_json(os.path.join(output_dir, "results.json"), agg)
@@ -432,157 +503,46 @@ def evaluate_models(
         raise ValueError("evaluate_models: give one distinct label per model")
     output_dir = os.fspath(output_dir)
     units = plan(cfg)  # planned once: every model sees exactly the same units
+    examples = render_units(units, cfg)
+    if _writes():
+        print(format_plan(describe_plan(units, examples, predictors[0], cfg, models=len(predictors))), flush=True)
     aggs = [
-        evaluate(p, cfg, os.path.join(output_dir, safe_name(lab)), units=units, progress=progress)
+        evaluate(p, cfg, os.path.join(output_dir, safe_name(lab)), units=units, examples=examples, progress=progress)
         for p, lab in zip(predictors, labels)
     ]
     out: dict = {"results": dict(zip(labels, aggs))}
     report = os.path.join(output_dir, "report.md")
     text = markdown_report(aggs, labels, title=f"{cfg.split} evaluation")
     if len(aggs) >= 2:
-        text += "\n" + format_gains(level_gains(aggs[0], aggs[1]), labels[0], labels[1], markdown=True)
+        out["gains"] = level_gains(aggs[0], aggs[1])
+        out["gain_intervals"] = gain_intervals(aggs[0], aggs[1], cfg.bootstrap) if cfg.bootstrap else None
+        text += "\n" + format_gains(out["gains"], labels[0], labels[1], markdown=True,
+                                    intervals=out["gain_intervals"])
     _write_text(report, text)
     out["report"] = report
-    if len(aggs) >= 2:
-        out["gains"] = level_gains(aggs[0], aggs[1])
-        out["figure"] = os.path.join(output_dir, "comparison.png")
-        if _writes():
-            from optiml_jax import plots
+    if _writes():
+        from optiml_jax import plots
 
-            plots.plot_comparison(aggs, labels, out["figure"], title=f"{cfg.split}: per-level averages")
-    _write_json(os.path.join(output_dir, "summary.json"), {
-        "labels": list(labels), "report": report, "figure": out.get("figure"), "gains": out.get("gains"),
+        if len(aggs) >= 2:
+            out["figure"] = plots.plot_comparison(aggs, labels, os.path.join(output_dir, "comparison.png"),
+                                                  title=f"{cfg.split}: per-level averages")
+    summary = {
+        "labels": list(labels), "split": cfg.split, "shots": list(cfg.shots), "report": report,
+        "figure": out.get("figure"), "gains": out.get("gains"), "gain_intervals": out.get("gain_intervals"),
+        "bootstrap": dataclasses.asdict(cfg.bootstrap) if cfg.bootstrap else None,
         "overall": {lab: a["overall"] for lab, a in zip(labels, aggs)},
-    })
+        "overall_ci": {lab: a.get("overall_ci") for lab, a in zip(labels, aggs)},
+        "combined": {lab: a["combined"] for lab, a in zip(labels, aggs)},
+        "combined_ci": {lab: a.get("combined_ci") for lab, a in zip(labels, aggs)},
+        "level_stats": {lab: a["level_stats"] for lab, a in zip(labels, aggs)},
+        "results": {lab: os.path.join(output_dir, safe_name(lab), "results.json") for lab in labels},
+    }
+    # results.json: the top-level numbers with their intervals (the per-model results.json hold every cell);
+    # summary.json: the same, under the name earlier runs and notebooks read.
+    out["results_json"] = os.path.join(output_dir, "results.json")
+    _write_json(out["results_json"], summary)
+    _write_json(os.path.join(output_dir, "summary.json"), summary)
     return out
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Aggregation and reports (pure)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _mean(xs: Iterable[float | None]) -> float | None:
-    vals = [x for x in xs if x is not None and not math.isnan(x)]
-    return float(np.mean(vals)) if vals else None
-
-
-def aggregate(
-    unit_results: Sequence[Mapping], *, shots: Sequence[int], levels: Sequence[str] = LEVELS, name: str = "",
-    split: str = "",
-) -> dict:
-    """Aggregates per-unit results the paper's way: tasks -> categories -> levels -> overall.
-
-    Scores are keyed by the shot count as a string ("0", "5"). A unit without examples (score None) is left out.
-    """
-    shot_keys = [str(k) for k in shots]
-    tasks: dict[str, dict] = {}
-    for r in unit_results:
-        t = tasks.setdefault(r["task"], {
-            "level": r["level"], "category": r["category"], "benchmark": r["benchmark"], "metric": r["metric"],
-            "scores": {}, "num_examples": {},
-        })
-        t["scores"][str(r["num_shots"])] = r["score"]
-        t["num_examples"][str(r["num_shots"])] = r["num_examples"]
-
-    categories: dict[str, dict[str, dict]] = {}
-    benchmarks: dict[str, dict] = {}
-    for lv in levels:
-        members: dict[str, list[str]] = {}
-        for name_, t in tasks.items():
-            if t["level"] == lv:
-                members.setdefault(t["category"], []).append(name_)
-        categories[lv] = {
-            cat: {"tasks": len(ns), "scores": {s: _mean(tasks[n]["scores"].get(s) for n in ns) for s in shot_keys}}
-            for cat, ns in sorted(members.items())
-        }
-    for bench in sorted({t["benchmark"] for t in tasks.values()}):
-        ns = [n for n, t in tasks.items() if t["benchmark"] == bench]
-        benchmarks[bench] = {"tasks": len(ns), "scores": {s: _mean(tasks[n]["scores"].get(s) for n in ns) for s in shot_keys}}
-    level_scores = {
-        lv: {s: _mean(c["scores"][s] for c in categories[lv].values()) for s in shot_keys}
-        for lv in levels if categories[lv]
-    }
-    overall = {s: _mean(ls[s] for ls in level_scores.values()) for s in shot_keys}
-    return {
-        "name": name, "split": split, "shots": list(shots), "levels": list(levels), "tasks": tasks,
-        "categories": categories, "benchmarks": benchmarks, "level_scores": level_scores, "overall": overall,
-        "combined": _mean(overall.values()),
-    }
-
-
-def _cell(scores: Mapping[str, float | None], shot_keys: Sequence[str]) -> str:
-    return " / ".join("-" if scores.get(s) is None else f"{scores[s]:.1f}" for s in shot_keys)
-
-
-def markdown_report(aggs: Sequence[Mapping], labels: Sequence[str], *, title: str = "") -> str:
-    """The paper's layout: rows are levels with their categories, cells "0-shot / k-shot", one column per model."""
-    shot_keys = [str(k) for k in aggs[0]["shots"]]
-    shot_head = " / ".join(f"{s}-shot" for s in shot_keys)
-    lines = [f"# {title}" if title else "", ""]
-    lines.append(f"Cells: {shot_head} (accuracy for rank-classified tasks, else Rouge-L F1 / exact match; 0-100).")
-    lines.append("")
-    lines.append("| Level | Category | Tasks | " + " | ".join(labels) + " |")
-    lines.append("|---|---|---:|" + "---:|" * len(labels))
-    for lv in aggs[0]["levels"]:
-        cats = sorted(set().union(*(a["categories"].get(lv, {}).keys() for a in aggs)))
-        if not cats:
-            continue
-        n_tasks = sum(aggs[0]["categories"].get(lv, {}).get(c, {}).get("tasks", 0) for c in cats)
-        cells = [f"**{_cell(a['level_scores'].get(lv, {}), shot_keys)}**" for a in aggs]
-        lines.append(f"| **{LEVEL_TITLES.get(lv, lv)}** | | {n_tasks} | " + " | ".join(cells) + " |")
-        for c in cats:
-            n = aggs[0]["categories"].get(lv, {}).get(c, {}).get("tasks", 0)
-            cells = [_cell(a["categories"].get(lv, {}).get(c, {}).get("scores", {}), shot_keys) for a in aggs]
-            lines.append(f"| | {c} | {n} | " + " | ".join(cells) + " |")
-    cells = [f"**{_cell(a['overall'], shot_keys)}**" for a in aggs]
-    lines.append("| **Average** | | | " + " | ".join(cells) + " |")
-    comb = ["-" if a["combined"] is None else f"{a['combined']:.1f}" for a in aggs]
-    lines.append("| **Combined (model selection)** | | | " + " | ".join(comb) + " |")
-    lines += ["", "By benchmark:", "", "| Benchmark | Tasks | " + " | ".join(labels) + " |",
-              "|---|---:|" + "---:|" * len(labels)]
-    for b in sorted(set().union(*(a["benchmarks"].keys() for a in aggs))):
-        n = aggs[0]["benchmarks"].get(b, {}).get("tasks", 0)
-        cells = [_cell(a["benchmarks"].get(b, {}).get("scores", {}), shot_keys) for a in aggs]
-        lines.append(f"| {b} | {n} | " + " | ".join(cells) + " |")
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def level_gains(agg_a: Mapping, agg_b: Mapping) -> dict:
-    """Per-level (and average) score differences a - b for each shot setting both share."""
-    shot_keys = [str(k) for k in agg_a["shots"] if str(k) in {str(s) for s in agg_b["shots"]}]
-    gains: dict[str, dict[str, float | None]] = {}
-    for lv in list(agg_a["level_scores"]) + ["average"]:
-        sa = agg_a["overall"] if lv == "average" else agg_a["level_scores"].get(lv, {})
-        sb = agg_b["overall"] if lv == "average" else agg_b["level_scores"].get(lv, {})
-        gains[lv] = {
-            s: (None if sa.get(s) is None or sb.get(s) is None else sa[s] - sb[s]) for s in shot_keys
-        }
-    return gains
-
-
-def format_gains(gains: Mapping, label_a: str, label_b: str, *, markdown: bool = False) -> str:
-    """Human-readable per-level gains of model a over model b."""
-    lines = [f"Per-level gains of {label_a} over {label_b} (points):"]
-    if markdown:
-        lines = ["## " + lines[0], ""]
-    for lv, per_shot in gains.items():
-        cells = ", ".join(
-            f"{s}-shot {'n/a' if g is None else f'{g:+.1f}'}" for s, g in per_shot.items()
-        )
-        lines.append(f"{'- ' if markdown else '  '}{LEVEL_TITLES.get(lv, 'Average')}: {cells}")
-    return "\n".join(lines) + "\n"
-
-
-def load_results(path: str | os.PathLike) -> dict:
-    """Aggregates from an evaluation directory (its results.json) or a results.json file."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, "results.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no evaluation results at {path}: run the evaluation first")
-    with open(path) as f:
-        return json.load(f)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -50,7 +50,8 @@ def test_compare_two_checkpoints(ckpts, tmp_path, capsys):
     assert cli("--compare", ckpts[0], ckpts[1], f"--gin.EVAL_OUTPUT_DIR='{out}'", *SMALL,
                f"{RUN}.expected_model=None") == 0
     assert "Per-level gains of run0 over run1" in capsys.readouterr().out
-    assert sorted(os.listdir(out)) == ["comparison.png", "report.md", "run0", "run1", "summary.json"]
+    assert sorted(os.listdir(out)) == ["comparison.png", "report.md", "results.json", "run0", "run1",
+                                    "summary.json"]
 
 
 def test_cli_errors(ckpts, tmp_path, capsys):

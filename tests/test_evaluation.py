@@ -23,9 +23,11 @@ def predictor():
     return inference.Predictor(model, params, OPTVocabulary.default(), batch_size=4, name="tiny")
 
 
-def unit(task, level, category, shots, score, bench="B"):
+def unit(task, level, category, shots, score, bench="B", n=5):
+    # Every example of the unit scores `score` (so intervals are zero-width); None = no example on disk.
     return {"task": task, "level": level, "category": category, "benchmark": bench, "metric": "rouge_l",
-            "num_shots": shots, "score": score, "num_examples": 5}
+            "num_shots": shots, "score": score, "num_examples": 0 if score is None else n,
+            "example_scores": [] if score is None else [score] * n}
 
 
 def test_aggregate_follows_the_paper_and_renders():
@@ -34,25 +36,49 @@ def test_aggregate_follows_the_paper_and_renders():
         unit("t2", "fully_heldout", "A", 0, 30.0), unit("t2", "fully_heldout", "A", 5, 40.0),
         unit("t3", "fully_heldout", "B", 0, 90.0), unit("t3", "fully_heldout", "B", 5, 80.0),
         unit("t4", "supervised", "C", 0, 50.0, bench="X"), unit("t4", "supervised", "C", 5, None, bench="X"),
+        unit("t5", "supervised", "D", 0, None, bench="X"), unit("t5", "supervised", "D", 5, None, bench="X"),
     ]
     agg = evaluation.aggregate(rows, shots=(0, 5), name="m")
     assert agg["categories"]["fully_heldout"]["A"]["scores"] == {"0": 20.0, "5": 30.0}
     # A level averages its categories (not its tasks): (20 + 90) / 2, not (10 + 30 + 90) / 3.
     assert agg["level_scores"]["fully_heldout"] == {"0": 55.0, "5": 55.0}
-    assert agg["level_scores"]["supervised"] == {"0": 50.0, "5": None}  # a unit without examples is left out
+    # Missing data is None (n/a), not 0, and averages above it use only the cells with data.
+    assert agg["level_scores"]["supervised"] == {"0": 50.0, "5": None}
+    assert agg["categories"]["supervised"]["D"] == {
+        "tasks": 1, "tasks_with_data": {"0": 0, "5": 0}, "examples": {"0": 0, "5": 0},
+        "scores": {"0": None, "5": None}, "ci": {"0": None, "5": None}}
+    assert agg["level_stats"]["supervised"]["tasks_with_data"] == {"0": 1, "5": 0}
+    assert agg["level_stats"]["supervised"]["categories_with_data"] == {"0": 1, "5": 0}
     assert "partially_heldout" not in agg["level_scores"]
     assert agg["overall"] == {"0": 52.5, "5": 55.0}
     assert agg["combined"] == pytest.approx(53.75)
     assert agg["benchmarks"]["B"]["scores"] == {"0": pytest.approx(130 / 3), "5": pytest.approx(140 / 3)}
+    # Constant scores within tasks but different tasks: the category interval spans the task means' range.
+    assert agg["categories"]["fully_heldout"]["B"]["ci"]["0"] == [90.0, 90.0]
+    lo, hi = agg["categories"]["fully_heldout"]["A"]["ci"]["0"]
+    assert 10.0 <= lo < 20.0 < hi <= 30.0
+    assert agg["level_stats"]["supervised"]["ci"] == {"0": [50.0, 50.0], "5": None}
 
-    other = evaluation.aggregate([dict(r, score=(r["score"] or 0) - 5) for r in rows], shots=(0, 5))
+    other = evaluation.aggregate([dict(r, score=None if r["score"] is None else r["score"] - 5,
+                                       example_scores=[x - 5 for x in r["example_scores"]]) for r in rows],
+                                 shots=(0, 5))
     md = evaluation.markdown_report([agg, other], ["m", "base"], title="t")
-    assert "| **Fully held-out** | | 3 | **55.0 / 55.0** | **50.0 / 50.0** |" in md
-    assert "| | A | 2 | 20.0 / 30.0 | 15.0 / 25.0 |" in md
-    assert "| | C | 1 | 50.0 / - |" in md
+    assert "| **Fully held-out** |  | 3/3 tasks, 15 ex. | **55.0 [" in md
+    assert "| | A |" not in md and "|  | A | 2/2 tasks, 10 ex. | 20.0 [" in md
+    assert "|  | D | 0/1 tasks, 0 ex. | n/a | n/a | n/a | n/a |" in md
+    c_row = next(line for line in md.splitlines() if "|  | C |" in line)
+    assert c_row.endswith("| 50.0 [50.0, 50.0] | n/a | 45.0 [45.0, 45.0] | n/a |")
     gains = evaluation.level_gains(agg, other)
-    assert gains["fully_heldout"] == {"0": 5.0, "5": 5.0}
-    assert "Fully held-out: 0-shot +5.0, 5-shot +5.0" in evaluation.format_gains(gains, "m", "base")
+    assert gains["fully_heldout"] == {"0": 5.0, "5": 5.0} and gains["supervised"]["5"] is None
+    # The same draws for both: a constant shift has a zero-width paired interval.
+    intervals = evaluation.gain_intervals(agg, other)
+    assert intervals["fully_heldout"]["0"] == pytest.approx([5.0, 5.0]) and intervals["supervised"]["5"] is None
+    text = evaluation.format_gains(gains, "m", "base", intervals=intervals)
+    assert "Fully held-out: 0-shot +5.0 [+5.0, +5.0], 5-shot +5.0 [+5.0, +5.0]" in text
+    assert "Fully supervised: 0-shot +5.0 [+5.0, +5.0], 5-shot n/a" in text
+    # Results of an older run (no per-example scores) still aggregate; they just have no intervals.
+    old = evaluation.aggregate([{k: v for k, v in r.items() if k != "example_scores"} for r in rows], shots=(0, 5))
+    assert old["overall"] == agg["overall"] and old["overall_ci"] == {"0": None, "5": None}
 
 
 def test_evaluate_end_to_end_and_resume(predictor, tmp_path, monkeypatch):
@@ -74,7 +100,7 @@ def test_evaluate_end_to_end_and_resume(predictor, tmp_path, monkeypatch):
                 assert all(r["mode"] == "generation" for r in recs)
     assert json.loads((out / "results.json").read_text())["overall"] == agg["overall"]
     report = (out / "report.md").read_text()
-    assert "Fully held-out" in report and "0-shot / 2-shot" in report
+    assert "Fully held-out" in report and "| 0-shot | 2-shot |" in report
     assert (out / "categories.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Resume: drop one finished unit; only it is recomputed and the aggregates do not change.
@@ -101,7 +127,7 @@ def test_evaluate_models_compares_trained_and_untrained(predictor, tmp_path):
     assert os.path.isfile(tmp_path / "a" / "results.json") and os.path.isfile(tmp_path / "b" / "results.json")
     assert (tmp_path / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     report = (tmp_path / "report.md").read_text()
-    assert "| Level | Category | Tasks | a | b |" in report and "Per-level gains of a over b" in report
+    assert "| Level | Category | Found | a: 0-shot | b: 0-shot |" in report and "Per-level gains of a over b" in report
 
 
 def test_errors(tmp_path):
