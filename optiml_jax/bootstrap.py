@@ -46,13 +46,22 @@ class Bootstrap:
         """The generator of one named draw: depends only on (seed, name), so draws pair up across runs."""
         return np.random.default_rng([self.seed, zlib.crc32(name.encode("utf-8"))])
 
-    def task_replicates(self, scores: Sequence[float], name: str) -> np.ndarray:
-        """[num_samples] means of the task's examples resampled with replacement."""
+    def task_replicates(self, scores: Sequence[float], name: str, groups: Sequence[str] | None = None) -> np.ndarray:
+        """[num_samples] means of the task's examples resampled with replacement.
+
+        ``groups`` (one label per example, e.g. its template): the task's score is the mean of the group means,
+        so each group is resampled within itself and the replicate is the mean of the resampled group means.
+        """
         x = np.asarray(scores, dtype=np.float64)
         if x.ndim != 1 or x.size == 0:
             raise ValueError(f"task_replicates({name!r}): need a non-empty 1-D array of example scores")
-        idx = self.rng("task/" + name).integers(0, x.size, size=(self.num_samples, x.size))
-        return x[idx].mean(axis=1)
+        if groups is None:
+            idx = self.rng("task/" + name).integers(0, x.size, size=(self.num_samples, x.size))
+            return x[idx].mean(axis=1)
+        labels = np.asarray(groups)
+        if labels.shape != x.shape:
+            raise ValueError(f"task_replicates({name!r}): {labels.size} group labels for {x.size} scores")
+        return stratified_replicates([self.task_replicates(x[labels == g], f"{name}/{g}") for g in np.unique(labels)])
 
     def cell_replicates(self, task_reps: Sequence[np.ndarray], name: str) -> np.ndarray:
         """[num_samples] means over the cell's tasks resampled with replacement (one task replicate column each)."""

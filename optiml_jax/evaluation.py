@@ -59,7 +59,8 @@ class EvalConfig:
       tasks: restrict to these task names (must belong to the split); None = every task of the split.
       max_tasks_per_level: keep only the first n tasks of each level (quick looks); None = all.
       max_examples: examples per task; None = the paper's limits (250 per validation task; on test the first
-        100 of SuperNI tasks and all of the others).
+        100 of SuperNI tasks and all of the others). SuperNI test tasks always keep their first instances in
+        file order; every other task a seeded subset.
       max_new_tokens: generation limit (paper: 256).
       length_normalize: rank candidates by mean per-token log-likelihood instead of the sum.
       scoring: how a (prompt, candidate) pair is tokenised and scored (`optiml_jax.candidates`): "optiml"
@@ -111,12 +112,19 @@ class EvalConfig:
             return 250
         return 100 if task.benchmark == "SuperNI" else None
 
+    def takes_first(self, task: TaskInfo) -> bool:
+        """Whether the limit keeps a task's first instances in file order (SuperNI test: the official "top 100
+        instances per task") rather than a seeded subset."""
+        return self.split == "test" and task.benchmark == "SuperNI"
+
     def unit_settings(self) -> dict:
         """The settings a finished (task, shots) result depends on: a resumed run must match them."""
         return {
             "split": self.split, "max_examples": self.max_examples, "max_new_tokens": self.max_new_tokens,
             "length_normalize": self.length_normalize, "seed": self.seed, "scoring": self.scoring,
             "split_definition": self.split_definition, "data_dir": self.data_dir,
+            # How SuperNI test instances are chosen (first n since issue 14): older run dirs are refused.
+            **({"superni_test": "first"} if self.split == "test" else {}),
         }
 
 
@@ -186,9 +194,14 @@ def render_units(units: Sequence[Unit], cfg: EvalConfig) -> dict[str, list[Promp
     by every model of an evaluation (and by `describe_plan`)."""
     from optiml_jax.tasks import pipeline
 
-    return {u.key: pipeline.eval_examples(
-        u.task.name, split=cfg.split, num_shots=u.shots, max_examples=cfg.example_limit(u.task), seed=cfg.seed,
-        data_dir=cfg.data_dir, split_definition=cfg.split_definition) for u in units}
+    out = {}
+    for u in units:
+        limit, head = cfg.example_limit(u.task), cfg.takes_first(u.task)
+        exs = pipeline.eval_examples(
+            u.task.name, split=cfg.split, num_shots=u.shots, max_examples=None if head else limit, seed=cfg.seed,
+            data_dir=cfg.data_dir, split_definition=cfg.split_definition)
+        out[u.key] = exs[:limit] if head and limit is not None else exs
+    return out
 
 
 # Rough costs for the time estimate of `describe_plan`, measured with the tiny CPU model on the 2-core machine
@@ -313,6 +326,10 @@ def evaluate_examples(
         "example_scores": [round(float(x), 4) for x in per_example], "example_ids": ids,
         "templates": template_spread(ids, per_example, task.benchmark),
     }
+    if summary["templates"] is not None:
+        # PromptSource / FLAN: the paper averages over templates, so a template with more examples on disk
+        # does not weigh more; the plain example mean stays beside it.
+        summary["example_mean"], summary["score"] = summary["score"], summary["templates"]["mean"]
     if cfg.scoring == "lm_eval" and ranked:
         summary["acc_norm"] = float(np.mean([full[i]["acc_norm"] for i in ranked]))
     return summary, full

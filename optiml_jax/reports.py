@@ -125,6 +125,10 @@ def aggregate(
         if spread is None and r.get("example_ids") and r.get("example_scores"):
             spread = template_spread(r["example_ids"], r["example_scores"], r["benchmark"])
         t["templates"][s] = spread
+        # Templated tasks score the mean of their template means: the bootstrap resamples within templates.
+        ids = r.get("example_ids")
+        t.setdefault("example_templates", {})[s] = (
+            [template_of(i, r["benchmark"]) for i in ids] if spread is not None and ids else None)
 
     members, bench_members = _members(tasks, levels)
     categories = {lv: {c: _cell(ns, tasks, shot_keys) for c, ns in cs.items()} for lv, cs in members.items()}
@@ -171,7 +175,8 @@ def replicates(agg: Mapping, bootstrap: Bootstrap) -> dict[tuple, np.ndarray]:
         for s in shot_keys:
             xs = t["example_scores"].get(s)
             if t["scores"].get(s) is not None:
-                task_reps[n, s] = bootstrap.task_replicates(xs, f"{n}/{s}") if xs else None
+                groups = t.get("example_templates", {}).get(s)
+                task_reps[n, s] = bootstrap.task_replicates(xs, f"{n}/{s}", groups) if xs else None
 
     def cell(names: Sequence[str], s: str, key: str) -> np.ndarray | None:
         reps = [task_reps[n, s] for n in names if (n, s) in task_reps]
@@ -330,7 +335,24 @@ def markdown_report(aggs: Sequence[Mapping], labels: Sequence[str], *, title: st
         cells = [a["benchmarks"].get(b) for a in aggs]
         lines.append(_row(b, "", cells[0], cells, shot_keys))
     lines += _template_table(aggs, labels, shot_keys)
+    lines += _task_table(aggs, labels, shot_keys)
     return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _task_table(aggs: Sequence[Mapping], labels: Sequence[str], shot_keys: Sequence[str]) -> list[str]:
+    """One row per task (level, category, benchmark, examples scored), means only."""
+    heads = [f"{lab}: {s}-shot" if len(aggs) > 1 else f"{s}-shot" for lab in labels for s in shot_keys]
+    lines = ["", "Per task:", "", "| Task | Level | Category | Benchmark | Examples | " + " | ".join(heads) + " |",
+             "|---|---|---|---|---:|" + "---:|" * len(heads)]
+    order = {lv: i for i, lv in enumerate(aggs[0]["levels"])}
+    names = sorted(aggs[0]["tasks"], key=lambda n: (order.get(aggs[0]["tasks"][n]["level"], 99), n))
+    for n in names:
+        t = aggs[0]["tasks"][n]
+        count = max((v or 0 for v in t["num_examples"].values()), default=0)
+        vals = [format_score(a["tasks"].get(n, {}).get("scores", {}).get(s)) for a in aggs for s in shot_keys]
+        lines.append(f"| {n} | {LEVEL_TITLES.get(t['level'], t['level'])} | {t['category']} | {t['benchmark']} | "
+                     f"{count} | " + " | ".join(vals) + " |")
+    return lines
 
 
 def _template_table(aggs: Sequence[Mapping], labels: Sequence[str], shot_keys: Sequence[str]) -> list[str]:

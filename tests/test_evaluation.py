@@ -1,4 +1,5 @@
 """Held-out evaluation (optiml_jax/evaluation.py): aggregation, reports, end-to-end run, resume, errors."""
+import dataclasses
 import json
 import os
 
@@ -145,3 +146,27 @@ def test_errors(tmp_path):
         evaluation.load_results(tmp_path)
     with pytest.raises(ValueError, match="unknown metric"):
         evaluation.metric_fn("bleu")
+
+
+def test_templated_tasks_average_their_templates_and_superni_test_keeps_the_first_instances(real_data_dir,
+                                                                                              monkeypatch):
+    # PromptSource / FLAN ids are "<template>-<k>": 3 examples of template a (all 100) and 1 of b (0).
+    ids, scores = ["tpl_a-1", "tpl_a-2", "tpl_a-3", "tpl_b-9"], [100.0, 100.0, 100.0, 0.0]
+    spread = evaluation.template_spread(ids, scores, "PromptSource")
+    assert (spread["templates"], spread["mean"], spread["min"], spread["max"], spread["std"]) == (2, 50.0, 0.0,
+                                                                                                  100.0, 50.0)
+    assert evaluation.template_spread(ids, scores, "SuperNI") is None  # SuperNI ids carry no template
+    row = {"task": "ps_x", "level": "supervised", "category": "C", "benchmark": "PromptSource", "metric": "rouge_l",
+           "num_shots": 0, "score": 50.0, "num_examples": 4, "example_scores": scores, "example_ids": ids}
+    agg = evaluation.aggregate([row], shots=(0,))
+    assert agg["tasks"]["ps_x"]["templates"]["0"]["per_template"]["tpl_b"] == {"score": 0.0, "examples": 1}
+    # Resampled within templates: each template's mean is constant here, so the interval has zero width.
+    assert agg["categories"]["supervised"]["C"]["ci"]["0"] == [50.0, 50.0]
+
+    monkeypatch.setenv("OPTIML_DATA_DIR", str(real_data_dir))
+    cfg = evaluation.EvalConfig(split="test", split_definition="optiml", shots=(0,), max_examples=3,
+                                tasks=("task020_mctaco_span_based_question",))
+    units = evaluation.plan(cfg)
+    first = evaluation.render_units(units, cfg)[units[0].key]
+    every = evaluation.render_units(units, dataclasses.replace(cfg, max_examples=None))[units[0].key]
+    assert len(every) == 100 and [e.id for e in first] == [e.id for e in every[:3]]
