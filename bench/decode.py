@@ -159,6 +159,23 @@ def hf_cached_candidate_logprobs(hf: Any, prompts: Sequence[Sequence[int]],
     return result
 
 
+def ours_candidate_logprobs(m: Any, params: Any, prompts: Sequence[Sequence[int]],
+                            candidates: Sequence[Sequence[Sequence[int]]]) -> list[list[np.ndarray]]:
+    """`inference.candidate_logprobs` in the device calls evaluation makes: `Predictor.plan_batches` (prompts
+    sorted by length into token-budget batches padded to bucket sizes), not one batch padded to the longest."""
+    from optiml_jax import inference
+
+    # plan_batches reads only batch_size / token_budget (the evaluation defaults); no vocabulary is needed.
+    planner = inference.Predictor(model=m, params=params, vocab=None)
+    out: list[list[np.ndarray]] = [[] for _ in prompts]
+    for idx, _ in planner.plan_batches([len(p) for p in prompts], m.config.max_position_embeddings):
+        lps = inference.candidate_logprobs(m, params, [prompts[i] for i in idx], [candidates[i] for i in idx],
+                                           pad_id=m.config.pad_token_id, method="cache")
+        for i, lp in zip(idx, lps):
+            out[i] = lp
+    return out
+
+
 def compare_logprobs(ours: list[list[np.ndarray]], ref: list[list[np.ndarray]]) -> dict[str, float]:
     """Largest |log-prob difference| over all candidate tokens and the share of examples whose best candidate
     (summed log-probability) is the same."""
@@ -170,14 +187,14 @@ def compare_logprobs(ours: list[list[np.ndarray]], ref: list[list[np.ndarray]]) 
 
 def rank_classification(model: str, *, examples: int, candidates: int, prompt_lens: tuple[int, int],
                         cand_lens: tuple[int, int], repeats: int, seed: int = 0) -> dict[str, Any]:
-    """Examples/s of `inference.candidate_logprobs` (prompt prefilled once, candidates from the KV cache) vs
+    """Examples/s of `inference.candidate_logprobs` (prompt prefilled once, candidates from the KV cache; in
+    evaluation's length-sorted batches, `ours_candidate_logprobs`) vs
     HF with the prompt's KV cache reused across candidates (the fair baseline, `hf_cached_candidate_logprobs`)
     and vs the naive HF full forward per candidate (`hf_candidate_logprobs`, the baseline of earlier runs),
     all round-robin; also their largest disagreement."""
     import jax
 
     from bench.hf import hf_model_from_params
-    from optiml_jax import inference
 
     cfg, m, params = _model_and_params(model, prompt_lens[1] + cand_lens[1] + 32, seed)
     hf = hf_model_from_params(cfg, jax.tree.map(np.asarray, params))
@@ -186,8 +203,7 @@ def rank_classification(model: str, *, examples: int, candidates: int, prompt_le
     out: dict[str, Any] = {}
 
     def ours():
-        out["ours"] = inference.candidate_logprobs(m, params, prompts, cands, pad_id=cfg.pad_token_id,
-                                                   method="cache")
+        out["ours"] = ours_candidate_logprobs(m, params, prompts, cands)
 
     def reference():
         out["hf"] = hf_cached_candidate_logprobs(hf, prompts, cands, pad_id=cfg.pad_token_id)

@@ -7,7 +7,8 @@ holding the same weights:
   `generate(do_sample=False)` under `torch.inference_mode`, sdpa attention; CTranslate2
   `Generator.generate_batch(sampling_topk=1, min_length=max_length=new_tokens)`;
 - rank classification, per-token log-likelihoods of every candidate: ours `inference.candidate_logprobs`
-  (prompt prefilled once, all candidate tokens in one pass over its cache); HF with the prompt's KV cache reused
+  (prompt prefilled once, all candidate tokens in one pass over its cache) in evaluation's length-sorted
+  batches (`decode.ours_candidate_logprobs`); HF with the prompt's KV cache reused
   across candidates (`decode.hf_cached_candidate_logprobs`); CTranslate2 `Generator.score_batch` over
   prompt + candidate (its API has no prompt-cache reuse for scoring).
 
@@ -148,7 +149,6 @@ def compare_engines(model: str, *, batch_sizes: Sequence[int], prompt_len: int, 
     import jax
 
     from bench.hf import hf_model_from_params
-    from optiml_jax import inference
 
     max_len = max(prompt_len + new_tokens, rank_prompt_lens[1] + rank_cand_lens[1] + 32)
     cfg, m, params = decode._model_and_params(model, max_len, seed)
@@ -188,8 +188,8 @@ def compare_engines(model: str, *, batch_sizes: Sequence[int], prompt_len: int, 
                                              cfg.bos_token_id, rank_examples, rank_candidates, rank_prompt_lens,
                                              rank_cand_lens)
         out_lp: dict[str, list[list[np.ndarray]]] = {}
-        fns = {"ours_f32": lambda: out_lp.__setitem__("ours_f32", inference.candidate_logprobs(
-            m, params, prompts, cands, pad_id=cfg.pad_token_id, method="cache"))}
+        fns = {"ours_f32": lambda: out_lp.__setitem__("ours_f32", decode.ours_candidate_logprobs(
+            m, params, prompts, cands))}
         for name, eng in engines.items():
             if name.startswith("hf"):
                 fns[name] = lambda n=name, e=eng: out_lp.__setitem__(n, decode.hf_cached_candidate_logprobs(

@@ -78,7 +78,8 @@ def render_markdown(record: dict[str, Any]) -> str:
     out = [f"# optiml-jax benchmark ({record['mode']})", "",
            f"{m.get('date')} on {m.get('cpu_model')} ({m.get('cores')} cores, platform {m.get('platform')}); "
            f"jax {m.get('jax')}, flax {m.get('flax')}, torch {m.get('torch')}, transformers {m.get('transformers')}; "
-           f"load average at start {m.get('load_average_at_start')}; peak host RSS "
+           f"load average at start {m.get('load_average_at_start')}, at end {m.get('load_average_at_end')}; "
+           f"peak host RSS "
            f"{record['peak_rss_bytes'] / 2**30:.2f} GiB; total {record['timings_s'].get('total', 0):.0f} s.", "",
            "## Targets", "", "| target | goal | measured | status |", "|---|---|---|---|"]
     for t in record["targets"]:

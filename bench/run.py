@@ -138,6 +138,8 @@ def run_suite(settings: Settings, *, mode: str, only: tuple[str, ...] | None = N
 
     t_start = time.perf_counter()
     common.setup_threads()
+    # Before the sections run, so that "load_average_at_start" and "date" are what they say.
+    machine = common.machine_info()
     import jax
 
     from bench import decode, engines, packing, paper_scale, peak, scaling, train_step
@@ -222,7 +224,8 @@ def run_suite(settings: Settings, *, mode: str, only: tuple[str, ...] | None = N
             if name not in sections and name not in errors:
                 errors[name] = "not run (--only)"
     return {
-        "schema_version": report.SCHEMA_VERSION, "mode": mode, "machine": common.machine_info(),
+        "schema_version": report.SCHEMA_VERSION, "mode": mode,
+        "machine": {**machine, "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
         "settings": dataclasses.asdict(s), "sections": sections, "targets": evaluate_targets(sections),
         "errors": errors, "timings_s": timings, "peak_rss_bytes": common.peak_rss_bytes(),
     }
