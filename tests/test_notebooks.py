@@ -189,8 +189,12 @@ def test_mixtures(tmp_path, monkeypatch, with_data):
     assert audit["injected"]["flagged_fraction"] > 0.01
     if data_dir is None:
         assert audit["summary"]["train_tasks"] == 29 and audit["summary"]["pairs_flagged"] == 0
-    else:  # same-dataset tasks of the real benchmark do overlap
-        assert audit["summary"]["pairs_flagged"] > 0 and (work / "leakage_exclusions.txt").is_file()
+    else:
+        # The quick audit covers training tasks whose source names an evaluation task's. Since SuperNI's
+        # "adverserial_qa" spelling is an alias of "adversarial_qa", the split's source rule leaves none of them
+        # above 1 % (the PromptSource AdversarialQA tasks used to be flagged against task1640 here).
+        assert audit["summary"]["train_tasks"] > 0 and audit["summary"]["pairs_flagged"] == 0
+        assert not (work / "leakage_decisions.tsv").exists()
     assert len(_outputs(nb, "image/png")) >= 2
 
 
