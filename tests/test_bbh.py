@@ -89,7 +89,8 @@ def test_bbh_eval_cli_end_to_end_with_a_converted_hf_model(data_dir, tmp_path, c
     args = ["--gin_file=gin/eval/bbh.gin", f"--gin.CHECKPOINT='{tmp_path / 'model'}'", f"--gin.EVAL_OUTPUT_DIR='{out}'",
             f"{RUN}.tasks=('date_understanding', 'bbh_dyck_languages')", f"{RUN}.max_examples=2",
             f"{RUN}.max_new_tokens=6", f"{RUN}.answer_only_max_new_tokens=4", f"{RUN}.batch_size=4",
-            f"{RUN}.data_dir='{data_dir}'", f"{RUN}.progress=False"]
+            f"{RUN}.data_dir='{data_dir}'", f"{RUN}.progress=False",
+            f"{RUN}.param_dtype='float32'"]  # f32 serving: greedy tokens are compared with HF's f32 model
     assert eval_cli.main(args) == 0
     stdout = capsys.readouterr().out
     report = (out / "report.md").read_text()
