@@ -226,7 +226,8 @@ def test_our_checkpoint_errors(hf_dirs, tmp_path, capsys):
     shutil.rmtree(ckpt / "params")
     with pytest.raises(CheckpointError, match="params directory not found"):
         load_model(ckpt)
-    assert "params directory not found" in cli_error(capsys, "--to_hf", ckpt, "--out", tmp_path / "hf")
+    # The CLI also accepts a run dir, so a folder without params/ is reported as holding no checkpoint.
+    assert f"no checkpoint in {ckpt}" in cli_error(capsys, "--to_hf", ckpt, "--out", tmp_path / "hf")
 
 
 def test_interrupted_write_leaves_nothing(hf_dirs, tmp_path, monkeypatch):

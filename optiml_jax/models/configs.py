@@ -274,7 +274,7 @@ def model_config(name: str = "tiny-cpu", **overrides: Any) -> OPTConfig:
     """Gin entry point: `get_config(name)` with field overrides (e.g. `model_config.dtype = "bfloat16"`)."""
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(OPTConfig)})
     if unknown:
-        raise UserError(f"model_config.{unknown[0]}: OPTConfig has no field {unknown[0]!r} (check the spelling of "
+        raise UserError(f"model_config.{unknown[0]}: unknown OPTConfig field {unknown[0]!r} (check the spelling of "
                         f"--gin.optiml_jax.models.configs.model_config.{unknown[0]}=...); valid fields: "
                         f"{', '.join(f.name for f in dataclasses.fields(OPTConfig))}")
     try:
