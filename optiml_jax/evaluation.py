@@ -281,18 +281,31 @@ def evaluate_examples(
     predictor: Any, task: TaskInfo, examples: Sequence[PromptedExample], cfg: EvalConfig
 ) -> tuple[dict, list[dict]]:
     """Scores one unit's examples; returns (summary, per-example prediction records)."""
-    references = [tuple(ex.references) or (ex.target,) for ex in examples]
-    ranked = [i for i, ex in enumerate(examples) if ex.candidates]
-    generated = [i for i, ex in enumerate(examples) if not ex.candidates]
-    records: list[dict | None] = [None] * len(examples)
+    return evaluate_many(predictor, [(task, examples)], cfg)[0]
+
+
+def evaluate_many(
+    predictor: Any, items: Sequence[tuple[TaskInfo, Sequence[PromptedExample]]], cfg: EvalConfig
+) -> list[tuple[dict, list[dict]]]:
+    """Scores several units at once; returns (summary, records) per (task, examples) item.
+
+    All rank-classified examples go to one `Predictor.score` call and all generated ones to one
+    `Predictor.generate` call, which batch by length across units: with few examples per unit (the test split
+    at 1 example per unit) a unit alone would fill one row of an 8-row batch and pay a whole decode loop for it.
+    """
+    flat = [(k, ex) for k, (_, exs) in enumerate(items) for ex in exs]
+    references = [tuple(ex.references) or (ex.target,) for _, ex in flat]
+    ranked = [i for i, (_, ex) in enumerate(flat) if ex.candidates]
+    generated = [i for i, (_, ex) in enumerate(flat) if not ex.candidates]
+    records: list[dict | None] = [None] * len(flat)
 
     if ranked:
         scores = predictor.score(
-            [examples[i].source for i in ranked], [list(examples[i].candidates) for i in ranked],
+            [flat[i][1].source for i in ranked], [list(flat[i][1].candidates) for i in ranked],
             normalize=cfg.length_normalize, convention=cfg.scoring,
         )
         for i, s in zip(ranked, scores):
-            ex = examples[i]
+            ex = flat[i][1]
             pred = ex.candidates[int(np.argmax(s))]
             refs = {_normalise_answer(r) for r in references[i]}
             records[i] = {
@@ -303,24 +316,30 @@ def evaluate_examples(
                 norm = ex.candidates[candidates_lib.choose(s, ex.candidates)["acc_norm"]]
                 records[i]["acc_norm"] = 100.0 if _normalise_answer(norm) in refs else 0.0
     if generated:
-        fn = metric_fn(task.metric)
         dcfg = decoding.DecodeConfig(method="greedy", max_new_tokens=cfg.max_new_tokens)
-        outputs = predictor.generate([examples[i].source for i in generated], dcfg)
+        outputs = predictor.generate([flat[i][1].source for i in generated], dcfg)
         for i, out in zip(generated, outputs):
+            fn = metric_fn(items[flat[i][0]][0].metric)
             records[i] = {"mode": "generation", "prediction": out, "score": float(fn(out, list(references[i])))}
 
-    full = []
-    for ex, refs, rec in zip(examples, references, records):
-        full.append({
+    per_item: list[list[dict]] = [[] for _ in items]
+    for (k, ex), refs, rec in zip(flat, references, records):
+        per_item[k].append({
             "id": ex.id, "task": ex.task, "num_shots": ex.num_shots, "prompt": ex.source,
             "references": list(refs), "candidates": list(ex.candidates), **rec,
         })
+    return [(_unit_summary(task, full, cfg), full) for (task, _), full in zip(items, per_item)]
+
+
+def _unit_summary(task: TaskInfo, full: Sequence[Mapping], cfg: EvalConfig) -> dict:
+    """A unit's score and counts from its prediction records (score None: no example on disk)."""
     per_example = [r["score"] for r in full]
-    ids = [ex.id for ex in examples]
+    ids = [r["id"] for r in full]
+    ranked = [r for r in full if r["mode"] == "rank_classification"]
     summary = {
         "task": task.name, "benchmark": task.benchmark, "category": task.category, "metric": task.metric,
         "score": float(np.mean(per_example)) if per_example else None,
-        "num_examples": len(examples), "num_rank_classified": len(ranked), "num_generated": len(generated),
+        "num_examples": len(full), "num_rank_classified": len(ranked), "num_generated": len(full) - len(ranked),
         # Kept in the unit file so that the bootstrap (and the template spread) can be recomputed from a
         # finished run without its predictions.
         "example_scores": [round(float(x), 4) for x in per_example], "example_ids": ids,
@@ -331,8 +350,8 @@ def evaluate_examples(
         # does not weigh more; the plain example mean stays beside it.
         summary["example_mean"], summary["score"] = summary["score"], summary["templates"]["mean"]
     if cfg.scoring == "lm_eval" and ranked:
-        summary["acc_norm"] = float(np.mean([full[i]["acc_norm"] for i in ranked]))
-    return summary, full
+        summary["acc_norm"] = float(np.mean([r["acc_norm"] for r in ranked]))
+    return summary
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -439,13 +458,15 @@ def evaluate(
     units: Sequence[Unit] | None = None,
     examples: Mapping[str, Sequence[PromptedExample]] | None = None,
     progress: bool = True,
+    chunk_examples: int = 256,
 ) -> dict:
     """Evaluates ``predictor`` (an `optiml_jax.inference.Predictor`) on ``cfg``'s split; returns the aggregates.
 
     Finished units found in ``output_dir`` (from an earlier, possibly killed, run with the same model and
     settings) are loaded, not recomputed. ``examples`` (from `render_units`) saves rendering them again.
+    Pending units are scored in chunks of about ``chunk_examples`` examples (`evaluate_many`: batches fill
+    across units); each unit's files are written as soon as its chunk is done.
     """
-    from optiml_jax.tasks import pipeline
 
     output_dir = os.fspath(output_dir)
     units = list(units) if units is not None else plan(cfg)
@@ -455,30 +476,38 @@ def evaluate(
     })
 
     bar = _progress(len(units), predictor.name, progress)
-    results, reused = [], 0
-    try:
-        for unit in units:
-            done = _finished_unit(output_dir, unit.key)
-            if done is not None:
-                results.append(done)
-                reused += 1
-                bar.update(1)
-                continue
-            bar.set_postfix_str(f"{unit.task.name} {unit.shots}-shot")
-            t0 = time.time()
-            exs = list(examples[unit.key]) if examples is not None else render_units([unit], cfg)[unit.key]
-            if not exs:
-                logger.warning("task %s has no %s examples: n/a in the report", unit.task.name, cfg.split)
-            summary, records = evaluate_examples(predictor, unit.task, exs, cfg) if exs else (
-                {"task": unit.task.name, "benchmark": unit.task.benchmark, "category": unit.task.category,
-                 "metric": unit.task.metric, "score": None, "num_examples": 0, "num_rank_classified": 0,
-                 "num_generated": 0}, [])
-            summary.update(level=unit.level, num_shots=unit.shots, seconds=round(time.time() - t0, 2))
-            _write_unit(output_dir, unit.key, records, summary)
-            results.append(summary)
+    results: dict[str, dict] = {}
+    pending = []
+    for unit in units:
+        done = _finished_unit(output_dir, unit.key)
+        if done is not None:
+            results[unit.key] = done
             bar.update(1)
+        else:
+            pending.append(unit)
+    reused = len(results)
+    try:
+        for chunk in _chunks(pending, examples, cfg, chunk_examples):
+            bar.set_postfix_str(f"{chunk[0].task.name} {chunk[0].shots}-shot (+{len(chunk) - 1} units)")
+            t0 = time.time()
+            rendered = examples if examples is not None else render_units(chunk, cfg)
+            for unit in chunk:
+                if not rendered[unit.key]:
+                    logger.warning("task %s has no %s examples (%d-shot): n/a in the report", unit.task.name,
+                                   cfg.split, unit.shots)
+            scored = evaluate_many(predictor, [(u.task, rendered[u.key]) for u in chunk], cfg)
+            seconds = time.time() - t0
+            total = max(1, sum(len(rendered[u.key]) for u in chunk))
+            for unit, (summary, records) in zip(chunk, scored):
+                # The chunk's time shared by example count: a rough per-unit cost for the logs.
+                summary.update(level=unit.level, num_shots=unit.shots,
+                               seconds=round(seconds * len(records) / total, 3))
+                _write_unit(output_dir, unit.key, records, summary)
+                results[unit.key] = summary
+            bar.update(len(chunk))
     finally:
         bar.close()
+    results = [results[u.key] for u in units]
     if not any(r["num_examples"] for r in results):
         raise ValueError(f"split {cfg.split!r} has no data: none of the {len(results)} evaluation units has examples")
 
@@ -495,6 +524,23 @@ def evaluate(
 
     plots.plot_categories(agg, os.path.join(output_dir, "categories.png"), title=f"{predictor.name} ({cfg.split})")
     return agg
+
+
+def _chunks(units: Sequence[Unit], examples: Mapping[str, Sequence[PromptedExample]] | None, cfg: EvalConfig,
+            size: int) -> Iterable[list[Unit]]:
+    """Consecutive groups of units with about ``size`` examples each (a unit is never split: it is the unit of
+    resumption). Without pre-rendered examples, the limit per task stands in for its count."""
+    chunk: list[Unit] = []
+    count = 0
+    for u in units:
+        n = len(examples[u.key]) if examples is not None else (cfg.example_limit(u.task) or size)
+        if chunk and count + n > size:
+            yield chunk
+            chunk, count = [], 0
+        chunk.append(u)
+        count += n
+    if chunk:
+        yield chunk
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -753,3 +799,4 @@ def evaluate_bbh_models(predictors: Sequence[Any], labels: Sequence[str], cfg: B
     _write_json(summary, {"protocol": "bbh", "labels": list(labels), "modes": list(cfg.modes),
                           "results": dict(zip(labels, results)), "report": report})
     return {"results": dict(zip(labels, results)), "report": report, "summary": summary}
+

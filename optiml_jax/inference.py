@@ -133,12 +133,14 @@ def candidate_logprobs(
             f"candidate_logprobs: a prompt of {longest_p} tokens plus a candidate of {longest_c} tokens exceeds the "
             f"model's {max_pos} positions; truncate the prompts (Predictor does this)"
         )
-    n_rows = padded_rows(len(rows), mesh)
+    # Row counts are bucketed too: one call over many tasks (evaluation.evaluate_many) mixes prompts with 2 to 20
+    # candidates, and every distinct count would otherwise be a program of its own (a trace and an XLA compile).
+    n_rows = padded_rows(decoding.bucket_length(len(rows), minimum=8), mesh)
     # Bucketed lengths (fewer compilations), but never beyond the position table / cache limit.
     cand_len = decoding.bucket_length(longest_c, minimum=1, maximum=max_pos - longest_p)
     if method == "cache":
         p_len = decoding.bucket_length(longest_p, maximum=max_pos - cand_len)
-        n_prompts = padded_rows(len(prompts), mesh)
+        n_prompts = padded_rows(decoding.bucket_length(len(prompts), minimum=1), mesh)
         # Filler prompts/rows repeat the first real ones and are discarded below.
         padded_prompts = list(prompts) + [prompts[0]] * (n_prompts - len(prompts))
         tok, seg, pos = decoding.left_pad(padded_prompts, pad_id=pad_id, length=p_len)
@@ -368,7 +370,7 @@ class Predictor:
         reserve = [max(len(c) for c in cands) for cands in cand_ids]
         encoded = [self.fit_prompt(ctx, r) for (ctx, _), r in zip(pairs, reserve)]
         scores: list[list[float]] = [[] for _ in prompts]
-        for idx, _ in self.plan_batches([len(e) for e in encoded], self.max_positions):
+        for idx in self._fitting_batches(encoded, reserve):
             lps = candidate_logprobs(
                 self.model, self.params, [encoded[i] for i in idx], [cand_ids[i] for i in idx],
                 pad_id=self.vocab.pad_id, method=method, mesh=self.mesh, rules=self.rules,
@@ -378,6 +380,22 @@ class Predictor:
                 scores[i] = [aggregate_score(lp, normalize) for lp in per_cand]
         self._log_compiles("scoring")
         return scores
+
+    def _fitting_batches(self, encoded: Sequence[Sequence[int]], reserve: Sequence[int]) -> list[list[int]]:
+        """`plan_batches` for scoring, with every call's longest prompt plus longest candidate within the
+        position table: each prompt was cut to leave room for its own candidates only, so a long prompt and
+        another task's longer candidates (one call over many tasks) are split into separate calls."""
+        out = []
+        for idx, _ in self.plan_batches([len(e) for e in encoded], self.max_positions):
+            current: list[int] = []
+            for i in idx:  # longest prompt first
+                longest_p = len(encoded[current[0]]) if current else len(encoded[i])
+                if current and longest_p + max(reserve[j] for j in current + [i]) > self.max_positions:
+                    out.append(current)
+                    current = []
+                current.append(i)
+            out.append(current)
+        return out
 
     def classify(
         self, prompts: Sequence[str], candidates: Sequence[Sequence[str]], *, normalize: bool = False

@@ -37,6 +37,7 @@ import gin
 
 from optiml_jax import checkpoints as ckpt_lib
 from optiml_jax import errors, gin_utils, partitioning, preemption, run_lock
+from optiml_jax import inloop_eval as inloop_lib
 from optiml_jax import trainer as trainer_lib
 from optiml_jax.models import configs as model_configs  # registers the `model_config` configurable
 
@@ -52,11 +53,12 @@ CONFIG_FILE = "config.gin"
 _NON_RESULT_BINDINGS = ("MODEL_DIR", "train.model_dir", "train.progress_bar", "train.peak_flops_per_device",
                         "train.eval_every", "train.heldout_max_batches", "train.heldout_max_examples_per_task",
                         "train.export_final", "train.start_over_if_damaged", "train.checkpoint", "train.partition",
-                        "train.distributed", "CheckpointConfig.", "PartitionConfig.", "DistributedConfig.")
+                        "train.distributed", "CheckpointConfig.", "PartitionConfig.", "DistributedConfig.",
+                        "train.inloop_eval", "InLoopEval.")
 
 # Plain dataclasses, made bindable at this edge only.
 for _cls in (trainer_lib.OptimizerConfig, ckpt_lib.CheckpointConfig, partitioning.PartitionConfig,
-             partitioning.DistributedConfig):
+             partitioning.DistributedConfig, inloop_lib.InLoopEval):
     gin.external_configurable(_cls, module="optiml_jax")
 
 
@@ -84,6 +86,7 @@ def train(
     eval_every: int = 100,
     heldout_max_examples_per_task: int = 32,
     heldout_max_batches: int | None = 8,
+    inloop_eval: inloop_lib.InLoopEval | None = None,
     peak_flops_per_device: float | None = None,
     export_final: bool = True,
     progress_bar: bool = True,
@@ -109,6 +112,9 @@ def train(
       partition: mesh shape and logical axis rules; checkpoint: save schedule; distributed: multi-host set-up.
       eval_every: held-out loss every this many steps (and at start and end); <= 0 only at start and end.
       heldout_max_examples_per_task, heldout_max_batches: size of the held-out loss set.
+      inloop_eval: a small evaluation (rank classification and short generation, `optiml_jax.InLoopEval`) run
+        on the training mesh every ``InLoopEval.every`` steps and after the last; its scores go to metrics.jsonl
+        and TensorBoard (``eval/inloop/...``) beside the held-out loss. None: no in-loop evaluation.
       peak_flops_per_device: peak FLOP/s of one device for MFU; None measures a matmul at start-up.
       export_final: write MODEL_DIR/final/ at the end.
       progress_bar: show a tqdm bar with ETA on process 0.
@@ -149,6 +155,7 @@ def train(
             packing_window=packing_window, data_dir=data_dir, split=split, tokenizer_dir=tokenizer_dir,
             partition=partition, checkpoint=checkpoint, eval_every=eval_every,
             heldout_max_examples_per_task=heldout_max_examples_per_task, heldout_max_batches=heldout_max_batches,
+            inloop_eval=inloop_eval,
             peak_flops_per_device=peak_flops_per_device, export_final=export_final, progress_bar=progress_bar,
             start_over_if_damaged=start_over_if_damaged)
 
@@ -159,6 +166,7 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
            data_dir: str | None, split: str | None, tokenizer_dir: str | None,
            partition: partitioning.PartitionConfig, checkpoint: ckpt_lib.CheckpointConfig, eval_every: int,
            heldout_max_examples_per_task: int, heldout_max_batches: int | None,
+           inloop_eval: inloop_lib.InLoopEval | None,
            peak_flops_per_device: float | None, export_final: bool, progress_bar: bool,
            start_over_if_damaged: bool) -> dict[str, Any]:
     """The training run proper, once MODEL_DIR is this process's to write (see `train`)."""
@@ -201,6 +209,11 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
         mixture_config=mixture_config, packing_window=packing_window, log_truncation=True)
     heldout = _heldout_rows(pipeline, vocab, batch_size, seq_len, data_dir, split, heldout_max_examples_per_task,
                             heldout_max_batches, seed, shard)
+    # Planned and rendered once, before the loop; evaluated with the live (sharded) training parameters.
+    inloop = None
+    if inloop_eval is not None and inloop_eval.every > 0:
+        inloop = inloop_eval.build(OPTForCausalLM(model), vocab, mesh,
+                                   partitioning.validate_rules(partition.logical_axis_rules))
 
     # The operative config is complete once the trainer and the input pipeline have called their configurables.
     run_record = {"model_config": model.to_dict(), "gin": gin_utils.bindings_of(gin.operative_config_str())}
@@ -291,6 +304,9 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
             if heldout and eval_every > 0 and done % eval_every == 0 and done != train_steps:
                 _log_heldout(trainer, state, heldout, done, writer, is_main)
                 paused = True
+            if inloop is not None and inloop_eval.due(done, train_steps) and done != train_steps:
+                writer.write(inloop(state.params, done))
+                paused = True
             preempted = stop.should_stop(done)
             if checkpointer.should_save(done, train_steps) or preempted:
                 checkpointer.save(done, state, {"inputs": _all_input_states(data), "examples_seen": examples_seen},
@@ -313,6 +329,9 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
         summary.update(final_step=final_step, last_loss=last_loss, examples_seen=examples_seen)
         if heldout:
             summary["last_heldout_loss"] = _log_heldout(trainer, state, heldout, final_step, writer, is_main)
+        if inloop is not None:
+            summary["last_inloop_eval"] = inloop(state.params, final_step)
+            writer.write(summary["last_inloop_eval"])
         if export_final:
             out = _export(model_dir_p / FINAL_DIR, state.params, model, vocab, convert)
             summary["exported"] = str(out)
@@ -610,7 +629,8 @@ class _MetricsWriter:
             step = int(line["step"])
             for k, v in line.items():
                 if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    self._tb.add_scalar(f"train/{k}" if k != "heldout_loss" else "eval/heldout_loss", v, step)
+                    tag = f"eval/{k}" if k == "heldout_loss" or k.startswith("inloop/") else f"train/{k}"
+                    self._tb.add_scalar(tag, v, step)
                 elif isinstance(v, Mapping):  # e.g. examples per benchmark, truncation counts per benchmark
                     for tag, n in _flatten(v, k):
                         self._tb.add_scalar(tag, n, step)

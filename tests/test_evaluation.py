@@ -170,3 +170,26 @@ def test_templated_tasks_average_their_templates_and_superni_test_keeps_the_firs
     first = evaluation.render_units(units, cfg)[units[0].key]
     every = evaluation.render_units(units, dataclasses.replace(cfg, max_examples=None))[units[0].key]
     assert len(every) == 100 and [e.id for e in first] == [e.id for e in every[:3]]
+
+
+def test_units_scored_across_tasks_match_unit_by_unit(predictor, tmp_path):
+    # One call over all units (length-sorted batches mixing tasks) gives the same predictions as one per unit.
+    together = evaluation.evaluate(predictor, CFG, tmp_path / "a", progress=False)
+    alone = evaluation.evaluate(predictor, CFG, tmp_path / "b", progress=False, chunk_examples=1)
+    assert together["tasks"] == alone["tasks"]
+    for f in (tmp_path / "a" / "predictions").iterdir():
+        a = [json.loads(x) for x in f.read_text().splitlines()]
+        b = [json.loads(x) for x in (tmp_path / "b" / "predictions" / f.name).read_text().splitlines()]
+        assert [r["prediction"] for r in a] == [r["prediction"] for r in b]
+        for ra, rb in zip(a, b):
+            assert ra.get("candidate_scores") == pytest.approx(rb.get("candidate_scores"), abs=1e-4)
+
+
+def test_scoring_calls_fit_the_position_table(predictor):
+    # A long prompt with short candidates and a short prompt with long candidates never share a call whose
+    # longest prompt + longest candidate would pass the position table.
+    n = predictor.max_positions
+    prompts = [[5] * (n - 2), [5] * (n - 20), [5] * (n - 21)]
+    assert [idx for idx, _ in predictor.plan_batches([len(p) for p in prompts], n)] == [[0, 1, 2]]  # one bucket
+    assert predictor._fitting_batches(prompts, [2, 12, 3]) == [[0], [1, 2]]
+    assert predictor._fitting_batches([[5] * 10, [5] * 9], [2, 8]) == [[0, 1]]
