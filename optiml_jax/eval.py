@@ -7,9 +7,11 @@
     python -m optiml_jax.eval --plan --gin_file=models/opt_30b.gin \
         --gin.optiml_jax.PartitionConfig.mesh_shape="{'data': 1, 'fsdp': 1, 'model': 8}"
 
-Writes per-task predictions, results.json, report.md (paper layout) and figures under EVAL_OUTPUT_DIR, one
-sub-directory per model; a killed run picks up where it stopped. ``--compare A B`` evaluates two checkpoints
-and prints the per-level gains of A over B; ``run_eval.compare_untrained = True`` compares the checkpoint
+Prints the evaluation plan (units, examples, tokens, estimated time) first, then writes per-task predictions,
+results.json (every cell with its counts found on disk, "null" for n/a, and 95% bootstrap intervals), report.md
+(paper layout) and figures under EVAL_OUTPUT_DIR, one sub-directory per model, plus a top-level results.json /
+report.md; a killed run picks up where it stopped. ``--compare A B`` evaluates two checkpoints and prints the
+per-level gains of A over B with their paired bootstrap intervals; ``run_eval.compare_untrained = True`` compares the checkpoint
 with its own random initialisation (same config and seed). ``run_eval.protocol = 'bbh'`` evaluates BIG-Bench
 Hard instead (3-shot, answer-only and chain-of-thought, exact match) and writes the per-task table
 (report.md, summary.json, and per model bbh_report.md / bbh_results.json).

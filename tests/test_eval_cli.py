@@ -1,5 +1,7 @@
 """The gin evaluation CLI (python -m optiml_jax.eval) on tiny checkpoints and the embedded suite."""
+import json
 import os
+import re
 
 import jax
 import pytest
@@ -49,7 +51,13 @@ def test_compare_two_checkpoints(ckpts, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert cli("--compare", ckpts[0], ckpts[1], f"--gin.EVAL_OUTPUT_DIR='{out}'", *SMALL,
                f"{RUN}.expected_model=None") == 0
-    assert "Per-level gains of run0 over run1" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Per-level gains of run0 over run1" in printed
+    # Each gain with its paired 95% bootstrap interval, also in the top-level results.json.
+    assert re.search(r"Average: 0-shot [+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\]", printed), printed
+    top = json.loads((out / "results.json").read_text())
+    lo, hi = top["gain_intervals"]["average"]["0"]
+    assert lo <= top["gains"]["average"]["0"] <= hi
     assert sorted(os.listdir(out)) == ["comparison.png", "report.md", "results.json", "run0", "run1",
                                     "summary.json"]
 
