@@ -7,9 +7,11 @@ SuperNI comparisons):
   limits: at most 250 per validation task, the first 100 per SuperNI test task, all others on test;
 * an example with answer candidates is scored by rank classification (accuracy); any other example is decoded
   greedily until EOS or 256 tokens and scored with its task's metric (Rouge-L F1 or exact match, 0-100);
-* a task's score is the mean over its examples (hence over its templates); a category's score the mean of its
-  tasks; a generalization level's score the mean of its categories; the model-selection number the mean of all
-  levels and shot settings.
+* a task's score is the mean over its examples, for PromptSource / FLAN tasks the mean over its templates'
+  means (the spread over templates is reported beside it); a category's score the mean of its tasks; a
+  generalization level's score the mean of its categories; the model-selection number the mean of all levels
+  and shot settings. A cell without any example on disk is None ("n/a"), never 0;
+* pending units are scored in chunks across tasks (`evaluate_many`), so batches fill even at 1 example per unit.
 
 Outputs under ``output_dir``: ``predictions/<task>.<k>shot.jsonl``, ``tasks/<task>.<k>shot.json`` (one file per
 finished (task, shots) unit, with its per-example scores: a restarted evaluation skips those), ``results.json``
