@@ -353,7 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The task layer registers its configurables (data_dir, the splits, mixture_config) on import; gin
         # refuses new configurables once the config is parsed and locked, so import it first.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        from optiml_jax.tasks import catalogue, mixtures, splits  # noqa: F401
+        from optiml_jax import tasks
+
+        tasks.import_configurables()
 
         bindings = list(args.gin_bindings)
         if pair:

@@ -663,8 +663,10 @@ def _help() -> str:
 
 def _main(args: gin_utils.GinArgs) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the task layer imports TensorFlow (via seqio)
-    # Registers the task layer's configurables (mixture_config, data_dir, the splits) before gin locks.
-    from optiml_jax.tasks import catalogue, mixtures, splits  # noqa: F401
+    # Registers the task layer's gin configurables before gin locks (it refuses new ones afterwards).
+    from optiml_jax import tasks
+
+    tasks.import_configurables()
 
     gin_utils.parse_gin(args.gin_files, args.gin_bindings, args.search_paths)
     # UserErrors (usage, data, checkpoint, run-directory problems) become one line in gin_utils.run_cli.
