@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
 import logging
 import math
@@ -36,7 +35,7 @@ from typing import Any
 import gin
 
 from optiml_jax import checkpoints as ckpt_lib
-from optiml_jax import errors, gin_utils, partitioning, preemption, run_lock
+from optiml_jax import errors, gin_utils, partitioning, preemption, run_dir
 from optiml_jax import inloop_eval as inloop_lib
 from optiml_jax import trainer as trainer_lib
 from optiml_jax.models import configs as model_configs  # registers the `model_config` configurable
@@ -45,16 +44,7 @@ logger = logging.getLogger("optiml_jax.train")
 
 FINAL_DIR = "final"
 CHECKPOINT_DIR = "checkpoints"
-METRICS_FILE = "metrics.jsonl"
-CONFIG_FILE = "config.gin"
 
-# Bindings that do not change what the run computes: a resume may change them without a warning. The mesh is
-# among them because checkpoints reshard on restore.
-_NON_RESULT_BINDINGS = ("MODEL_DIR", "train.model_dir", "train.progress_bar", "train.peak_flops_per_device",
-                        "train.eval_every", "train.heldout_max_batches", "train.heldout_max_examples_per_task",
-                        "train.export_final", "train.start_over_if_damaged", "train.checkpoint", "train.partition",
-                        "train.distributed", "CheckpointConfig.", "PartitionConfig.", "DistributedConfig.",
-                        "train.inloop_eval", "InLoopEval.")
 
 # Plain dataclasses, made bindable at this edge only.
 for _cls in (trainer_lib.OptimizerConfig, ckpt_lib.CheckpointConfig, partitioning.PartitionConfig,
@@ -145,7 +135,7 @@ def train(
         raise gin_utils.GinUsageError(f"OPTIML_DATA_DIR={env_dir!r}: no such directory; fix or unset it")
     is_main = jax.process_index() == 0
     with contextlib.ExitStack() as stack:
-        lock = _claim_model_dir(model_dir_p, is_main)
+        lock = run_dir.claim(model_dir_p, is_main)
         if lock is not None:
             stack.callback(lock.release)
         return _train(
@@ -241,7 +231,7 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
             examples_seen = dict(meta.get("examples_seen", {}))
             for step, reason in restored.skipped:
                 _print(is_main, f"WARNING: checkpoint {step} was damaged and moved aside ({reason})")
-            changed = _changed_bindings((restored.run or {}).get("gin"), run_record["gin"])
+            changed = run_dir.changed_bindings((restored.run or {}).get("gin"), run_record["gin"])
             if changed:
                 _print(is_main, f"WARNING: resuming step {restored.step} with {len(changed)} results-changing "
                                 f"binding(s) that differ from the checkpoint's: {'; '.join(changed)}")
@@ -257,12 +247,12 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
             _print(is_main, f"initialised {model.name or 'model'} ({model.num_params():,} parameters) from scratch")
         start_step = int(jax.device_get(state.step))
         if is_main:
-            _write_config(model_dir_p, start_step, resumed=restored is not None)
+            run_dir.write_config(model_dir_p, start_step, resumed=restored is not None)
 
         peak = (peak_flops_per_device * jax.device_count() if peak_flops_per_device
                 else trainer_lib.measure_peak_flops(_jnp_dtype(model.dtype)))
         timer = trainer_lib.StepTimer(model.flops_per_token(seq_len), peak)
-        writer = _MetricsWriter(model_dir_p, enabled=is_main)
+        writer = run_dir.MetricsWriter(model_dir_p, enabled=is_main)
         cleanup.callback(writer.close)
         summary: dict[str, Any] = {"start_step": start_step}
         stop = preemption.Preemption().install()
@@ -346,51 +336,6 @@ _START_OVER_HINT = ("Nothing was deleted and training did not start over (that w
                     "--gin.optiml_jax.train.start_over_if_damaged=True")
 
 
-def _claim_model_dir(model_dir: pathlib.Path, is_main: bool) -> run_lock.RunLock | None:
-    """Creates MODEL_DIR, checks it is writable and takes its lock (process 0); every process learns the outcome."""
-    import jax
-
-    error = ""
-    lock = None
-    if is_main:
-        try:
-            _ensure_writable(model_dir)
-            lock = run_lock.RunLock(model_dir).acquire()
-        except errors.UserError as e:
-            error = str(e)
-    if jax.process_count() > 1:
-        import numpy as np
-        from jax.experimental import multihost_utils
-
-        failed = int(multihost_utils.broadcast_one_to_all(np.int32(bool(error))))
-        if failed and not is_main:
-            raise gin_utils.GinUsageError(f"MODEL_DIR={str(model_dir)!r}: process 0 could not claim it (see the "
-                                          "error line of process 0)")
-    if error:
-        raise gin_utils.GinUsageError(error)
-    return lock  # a stale lock taken over was logged as a warning by run_lock
-
-
-def _ensure_writable(model_dir: pathlib.Path) -> None:
-    import tempfile
-
-    try:
-        model_dir.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise gin_utils.GinUsageError(f"MODEL_DIR={str(model_dir)!r} exists and is not a folder") from None
-    except OSError as e:
-        raise gin_utils.GinUsageError(
-            f"MODEL_DIR={str(model_dir)!r}: cannot create it ({e.strerror}: {e.filename}); choose a writable "
-            "folder, e.g. --gin.MODEL_DIR=\"'runs/my_run'\"") from None
-    try:
-        with tempfile.NamedTemporaryFile(dir=model_dir, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise gin_utils.GinUsageError(
-            f"MODEL_DIR={str(model_dir)!r} is not writable ({e.strerror}); fix its permissions or choose another "
-            "folder") from None
-
-
 def _check_resume(stored_run: Mapping[str, Any] | None, model: model_configs.OPTConfig) -> None:
     """Raises when the checkpoint's recorded model config is another architecture than this run's."""
     if not stored_run or "model_config" not in stored_run:
@@ -403,42 +348,6 @@ def _check_resume(stored_run: Mapping[str, Any] | None, model: model_configs.OPT
         raise gin_utils.GinUsageError(
             f"MODEL_DIR holds checkpoints of another model config ({'; '.join(diff)}). Resume with the model config "
             "that wrote them (see MODEL_DIR/config.gin), or choose another MODEL_DIR")
-
-
-def _changed_bindings(stored: Mapping[str, str] | None, current: Mapping[str, str]) -> list[str]:
-    """``"name: checkpoint A vs this run B"`` for the results-changing bindings that differ."""
-    if not stored:
-        return []
-
-    def relevant(name: str) -> bool:
-        return not any(name == x or (x.endswith(".") and name.startswith(x)) for x in _NON_RESULT_BINDINGS)
-
-    names = sorted(n for n in set(stored) | set(current) if relevant(n) and stored.get(n) != current.get(n))
-    return [f"{n}: checkpoint {stored.get(n, '(unset)')} vs this run {current.get(n, '(unset)')}" for n in names]
-
-
-def _write_config(model_dir: pathlib.Path, step: int, resumed: bool) -> pathlib.Path:
-    """Writes MODEL_DIR/config.gin (atomically); a previous, different one is kept beside it."""
-    import socket
-
-    path = model_dir / CONFIG_FILE
-    body = gin.operative_config_str()
-    if path.exists():
-        old = path.read_text(encoding="utf-8")
-        if gin_utils.bindings_of(old) != gin_utils.bindings_of(body):
-            keep = model_dir / f"config.before-step{step}.gin"
-            n = 2
-            while keep.exists():
-                keep = model_dir / f"config.before-step{step}-{n}.gin"
-                n += 1
-            path.rename(keep)
-    now = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    header = (f"# Operative gin config of optiml_jax.train, written when the run {'resumed' if resumed else 'started'}"
-              f" at step {step}\n# {now} on {socket.gethostname()}: {' '.join(sys.argv)}\n\n")
-    tmp = path.with_name(f".{CONFIG_FILE}.tmp-{os.getpid()}")
-    tmp.write_text(header + body, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def _validate_args(model_dir, train_steps, batch_size, seq_len, model) -> None:
@@ -589,58 +498,6 @@ def _export(out: pathlib.Path, params, config, vocab, convert) -> pathlib.Path:
             convert._copy_tokenizer(pathlib.Path(tokenizer_dir), out / convert.TOKENIZER_DIR)
     multihost_utils.sync_global_devices("export_done")
     return out
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str) -> list[tuple[str, float]]:
-    """``("examples/SuperNI", 12)``, ``("truncation/SuperNI/skipped_target", 1)``, ... for TensorBoard tags."""
-    out = []
-    for k, v in tree.items():
-        if isinstance(v, Mapping):
-            out.extend(_flatten(v, f"{prefix}/{k}"))
-        elif isinstance(v, (int, float)) and math.isfinite(v):
-            out.append((f"{prefix}/{k}", v))
-    return out
-
-
-class _MetricsWriter:
-    """metrics.jsonl lines plus TensorBoard scalars (process 0 only)."""
-
-    def __init__(self, model_dir: pathlib.Path, enabled: bool):
-        self.enabled = enabled
-        self._file = None
-        self._tb = None
-        if enabled:
-            self._file = open(model_dir / METRICS_FILE, "a", encoding="utf-8")
-            try:
-                from tensorboardX import SummaryWriter
-
-                self._tb = SummaryWriter(str(model_dir / "tb"))
-            except ImportError:  # TensorBoard output is optional
-                logger.warning("tensorboardX is not installed; no TensorBoard events")
-
-    def write(self, line: Mapping[str, Any]) -> None:
-        """Appends one JSON line (NaN written as null) and its scalars to TensorBoard."""
-        if not self.enabled:
-            return
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in line.items()}
-        self._file.write(json.dumps(clean) + "\n")
-        self._file.flush()
-        if self._tb is not None:
-            step = int(line["step"])
-            for k, v in line.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
-                    tag = f"eval/{k}" if k == "heldout_loss" or k.startswith("inloop/") else f"train/{k}"
-                    self._tb.add_scalar(tag, v, step)
-                elif isinstance(v, Mapping):  # e.g. examples per benchmark, truncation counts per benchmark
-                    for tag, n in _flatten(v, k):
-                        self._tb.add_scalar(tag, n, step)
-
-    def close(self) -> None:
-        """Flushes and closes the outputs."""
-        if self._file is not None:
-            self._file.close()
-        if self._tb is not None:
-            self._tb.close()
 
 
 MACROS = (
