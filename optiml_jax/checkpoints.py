@@ -43,12 +43,13 @@ QUARANTINE_SUFFIX = ".corrupt"
 
 # Restore failures that describe the files themselves (tensorstore/orbax wordings for missing, truncated or
 # garbled data). Anything else is not taken as proof of damage.
-_DAMAGE_MARKERS = ("NOT_FOUND", "DATA_LOSS", "Encountered error while reading", "Error reading", "corrupt",
-                   "Corrupt", "checksum", "Unexpected end", "truncated", "Invalid", "invalid")
-# ... unless the failure is about the environment: these never condemn a checkpoint.
+_DAMAGE_MARKERS = ("NOT_FOUND", "DATA_LOSS", "Encountered error while reading", "corrupt", "Corrupt", "checksum",
+                   "Unexpected end", "truncated")
+# ... unless the failure is about the environment or the run's layout: these never condemn a checkpoint (a mesh
+# that does not divide an array fails before any file is read).
 _ENVIRONMENT_MARKERS = ("RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "PERMISSION_DENIED",
                         "Permission denied", "UNAVAILABLE", "DEADLINE_EXCEEDED", "Stale file handle",
-                        "Transport endpoint")
+                        "Transport endpoint", "divisible", "sharding", "Sharding")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -177,6 +177,8 @@ def test_structure_mismatch_names_fields_and_touches_nothing(tmp_path, mesh):
 
 @pytest.mark.parametrize("failure", [MemoryError("out of host memory"), PermissionError(13, "Permission denied"),
                                      RuntimeError("UNAVAILABLE: network file system not reachable"),
+                                     ValueError("Sharding NamedSharding(...) is not divisible: dimension 0 of size 8 "
+                                                "into 3 shards (while reading an invalid layout)"),
                                      RuntimeError("something nobody has seen before")])
 def test_failures_that_do_not_prove_damage_move_nothing(tmp_path, mesh, monkeypatch, failure):
     ck = checkpoints.Checkpointer(tmp_path / "ckpt", checkpoints.CheckpointConfig(async_save=False))
