@@ -69,7 +69,12 @@ def serving_from_argv(argv: Sequence[str]) -> tuple[list[str], Serving]:
     if args.help:
         return rest, None  # type: ignore[return-value]  (argparse prints the help and exits)
     gin_utils.parse_gin(args.gin_files, [*_SERVING_DEFAULTS, *args.gin_bindings], args.search_paths)
-    return rest, serving()
+    try:
+        return rest, serving()
+    finally:
+        # infer and convert need gin only for these settings. A locked config would make every later import of a
+        # module that declares configurables fail in the same process (a notebook converting, then evaluating).
+        gin.clear_config()
 
 
 def _read_prompts(path: str) -> list[dict]:
