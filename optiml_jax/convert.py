@@ -39,13 +39,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the conversion; returns 0 on success, 1 on a checkpoint error, 2 on bad flags (message on stderr)."""
-    from optiml_jax.infer import serving_from_argv
+    from optiml_jax.infer import serving_from_cli
 
-    try:
-        rest, setup = serving_from_argv(list(sys.argv[1:] if argv is None else argv))
-    except ValueError as e:  # GinUsageError, a bad mesh shape or axis rule
-        print(f"error: {e}", file=sys.stderr)
+    parsed = serving_from_cli(argv)
+    if parsed is None:
         return 2
+    rest, setup = parsed
     args = _parser().parse_args(rest)
     if args.max_shard_gb <= 0:
         _parser().error(f"--max_shard_gb must be positive, got {args.max_shard_gb}")

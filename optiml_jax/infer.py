@@ -77,6 +77,16 @@ def serving_from_argv(argv: Sequence[str]) -> tuple[list[str], Serving]:
         gin.clear_config()
 
 
+def serving_from_cli(argv: Sequence[str] | None) -> tuple[list[str], Serving] | None:
+    """`serving_from_argv` for a CLI's ``main``: ``sys.argv[1:]`` by default; a bad flag prints one ``error:``
+    line and gives None (the caller exits 2)."""
+    try:
+        return serving_from_argv(list(sys.argv[1:] if argv is None else argv))
+    except ValueError as e:  # GinUsageError, a bad mesh shape or axis rule
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
 def _read_prompts(path: str) -> list[dict]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--prompts_file {path}: no such file")
@@ -131,11 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad arguments or inputs)."""
-    try:
-        rest, setup = serving_from_argv(list(sys.argv[1:] if argv is None else argv))
-    except ValueError as e:  # GinUsageError, a bad mesh shape or axis rule
-        print(f"error: {e}", file=sys.stderr)
+    parsed = serving_from_cli(argv)
+    if parsed is None:
         return 2
+    rest, setup = parsed
     args = build_parser().parse_args(rest)
     try:
         items = _read_prompts(args.prompts_file) if args.prompts_file else [
