@@ -52,6 +52,10 @@ class MixtureConfig:
         back to the examples on disk when unknown) or "disk" (the examples actually loaded).
       metaicl: train with k demonstrations, k ~ truncated Zipf(metaicl_zipf_a) on 0..metaicl_max_shots.
       metaicl_separator: string between demonstrations (three newlines, after Min et al. 2021).
+      tasks: train on only these tasks of the mixture (names; None: all of them). Experiments over the number
+        of training tasks (`optiml_jax.experiments`) draw these subsets; a name outside the mixture is refused.
+      max_instances_per_task: train on at most this many instances of each task (a seeded subset of its training
+        instances; None: all). Unlike ``eps``, which caps a task's mixing rate, this caps what it can repeat.
     """
 
     eps: int = 4096
@@ -66,8 +70,16 @@ class MixtureConfig:
     metaicl_zipf_a: float = 4.0
     metaicl_max_shots: int = 5
     metaicl_separator: str = "\n\n\n"
+    tasks: tuple[str, ...] | None = None
+    max_instances_per_task: int | None = None
 
     def __post_init__(self) -> None:
+        if self.tasks is not None and not self.tasks:
+            raise ValueError("MixtureConfig.tasks is empty: give at least one task name, or None for all")
+        if self.max_instances_per_task is not None and (
+                not isinstance(self.max_instances_per_task, int) or self.max_instances_per_task < 1):
+            raise ValueError(f"MixtureConfig.max_instances_per_task must be a positive integer or None, got "
+                             f"{self.max_instances_per_task!r}")
         if not isinstance(self.eps, int) or self.eps < 1:
             raise ValueError(f"MixtureConfig.eps must be a positive integer, got {self.eps!r}")
         for name, value in self.benchmark_proportions.items():
@@ -291,6 +303,8 @@ def make_mixture_config(
     metaicl_zipf_a: float = 4.0,
     metaicl_max_shots: int = 5,
     metaicl_separator: str = "\n\n\n",
+    tasks: Sequence[str] | None = None,
+    max_instances_per_task: int | None = None,
 ) -> MixtureConfig:
     """Builds a `MixtureConfig`; registered with gin as ``mixture_config`` (see `register_gin`)."""
     return MixtureConfig(
@@ -299,7 +313,8 @@ def make_mixture_config(
         benchmark_aliases=dict(DEFAULT_BENCHMARK_ALIASES if benchmark_aliases is None else benchmark_aliases),
         reasoning_share=reasoning_share, pretraining_share=pretraining_share, size_source=size_source,
         metaicl=metaicl, metaicl_zipf_a=metaicl_zipf_a, metaicl_max_shots=metaicl_max_shots,
-        metaicl_separator=metaicl_separator)
+        metaicl_separator=metaicl_separator, tasks=None if tasks is None else tuple(tasks),
+        max_instances_per_task=max_instances_per_task)
 
 
 def _register_gin() -> None:

@@ -317,19 +317,28 @@ def training_rates(bench: Bench, mixture: str = TRAIN_MIXTURE,
     """
     config = config or mx.MixtureConfig()
     names = bench.training_task_names(mixture)
+    if config.tasks is not None:
+        outside = sorted(set(config.tasks) - set(names))
+        if outside:
+            raise UserError(f"MixtureConfig.tasks: {outside[:5]} ({len(outside)} in all) are not training tasks of "
+                            f"mixture {mixture!r} (split definition {bench.split_name!r})")
+        names = tuple(n for n in names if n in set(config.tasks))
     bench.check_no_eval_only_tasks(names)
     if mixture != MAX_TRAIN_MIXTURE:
         bench.check_training_tasks(names)
     sizes: dict[str, mx.TaskSize] = {}
     skipped: list[str] = []
     for name in names:
-        exs = bench.train_examples(name)
+        exs = train_pool(bench, name, config)
         if not exs:
             skipped.append(name)
             continue
         info = bench.catalogue[name]
         use_catalogue = config.size_source == "catalogue" and info.num_instances > 0
-        sizes[name] = mx.TaskSize(info.benchmark, info.num_instances if use_catalogue else len(exs))
+        size = info.num_instances if use_catalogue else len(exs)
+        if config.max_instances_per_task is not None:
+            size = min(size, config.max_instances_per_task)
+        sizes[name] = mx.TaskSize(info.benchmark, size)
     if skipped:
         logger.warning("%s: %d training tasks have no examples on disk and are left out (first: %s)",
                        mixture, len(skipped), skipped[:5])
@@ -340,6 +349,12 @@ def training_rates(bench: Bench, mixture: str = TRAIN_MIXTURE,
             "laid out as tasks/README.md describes (superni/tasks/*.json, t0_p3/, flan_cot/, ...), or leave it "
             "unset for the embedded suite")
     return mx.compute_rates(sizes, config), skipped
+
+
+def train_pool(bench: Bench, name: str, config: mx.MixtureConfig) -> list[Example]:
+    """The instances a training task is sampled from: `Bench.train_examples`, cut to a seeded subset of
+    ``config.max_instances_per_task`` when set."""
+    return _subsample(bench.train_examples(name), config.max_instances_per_task, 0, "train/" + name)
 
 
 _TRUNCATION_SAMPLE = 1024   # stream positions `TrainInput(log_truncation=True)` fits at start
@@ -401,7 +416,7 @@ class TrainInput:
 
         self.rates, self.skipped_tasks = training_rates(self.bench, mixture, self.config)
         self.task_names: tuple[str, ...] = self.rates.task_names
-        self._examples = [self.bench.train_examples(n) for n in self.task_names]
+        self._examples = [train_pool(self.bench, n, self.config) for n in self.task_names]
         self._infos = [self.bench.catalogue[n] for n in self.task_names]
         self.task_benchmark: dict[str, str] = {n: i.benchmark for n, i in zip(self.task_names, self._infos)}
         self.sampler = mx.MixtureSampler(self.rates.rates, seed=self.seed)
