@@ -23,11 +23,23 @@ ARCHITECTURE_FIELDS: tuple[str, ...] = (
     "vocab_size", "hidden_size", "num_hidden_layers", "ffn_dim", "num_attention_heads", "max_position_embeddings",
     "word_embed_proj_dim", "do_layer_norm_before", "remove_final_layer_norm", "enable_bias",
     "layer_norm_elementwise_affine")
+# See models/attention.py. The fused kernels have no attention dropout; decoding (KV cache) always runs "xla".
 ATTENTION_KERNELS: tuple[str, ...] = (
-    "xla",    # explicit einsum + f32 softmax; supports every feature (attention dropout, any mask)
-    "cudnn",  # jax.nn.dot_product_attention(implementation="cudnn"): fused, GPU only, bf16/f16, no dropout
+    "xla",     # explicit einsum + f32 softmax; every feature (attention dropout, any segment layout)
+    "pallas",  # Pallas/Triton flash attention with segment ids: compiled on GPU, interpreted on CPU (tests)
+    "splash",  # Pallas TPU splash attention with SegmentIds: compiled on TPU, interpreted on CPU (tests)
+    "cudnn",   # jax.nn.dot_product_attention(implementation="cudnn"), GPU, bf16/f16: one segment per row only
 )
+# Kernels that cannot express a packed row (several segments): never for training, whose batches are packed.
+UNPACKED_ONLY_ATTENTION_KERNELS: tuple[str, ...] = ("cudnn",)
 ACTIVATIONS: tuple[str, ...] = ("relu",)  # every released OPT uses ReLU
+# Rematerialisation of each decoder layer in the backward pass (jax.checkpoint policies, t5x/maxtext's names).
+REMAT_POLICIES: tuple[str, ...] = (
+    "none",                              # keep every activation (fastest, most memory)
+    "full",                              # keep only each layer's input; recompute the whole layer
+    "dots_saveable",                     # keep all matmul outputs, recompute element-wise ops
+    "dots_with_no_batch_dims_saveable",  # keep projection/MLP matmul outputs, recompute attention (t5x "minimal")
+)
 
 # GPT-2's 50,257 BPE tokens padded to a multiple of 8 (the project's default tokenizer, see tokenizer.py).
 GPT2_PADDED_VOCAB = 50264
@@ -65,7 +77,7 @@ class OPTConfig:
     # Ours (not in HF's config):
     dtype: str = "float32"          # compute dtype of activations and matmuls; logits are always f32
     param_dtype: str = "float32"    # storage dtype of the parameters
-    remat: bool = False             # nn.remat each decoder layer (recompute activations in the backward pass)
+    remat: str = "none"             # per-layer rematerialisation policy, one of REMAT_POLICIES
     attention_kernel: str = "xla"
     name: str = ""                  # informational: the get_config() name it came from
 
@@ -92,9 +104,10 @@ class OPTConfig:
         if self.attention_kernel not in ATTENTION_KERNELS:
             raise ValueError(
                 f"OPTConfig.attention_kernel must be one of {ATTENTION_KERNELS}, got {self.attention_kernel!r}")
-        if self.attention_kernel == "cudnn" and self.dtype == "float32":
-            raise ValueError("OPTConfig.attention_kernel='cudnn' needs dtype 'bfloat16' or 'float16' (cuDNN's fused "
-                             "attention has no float32 kernel); use attention_kernel='xla' for float32")
+        if isinstance(self.remat, bool):  # configs and checkpoints written before remat policies had a bool
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"OPTConfig.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
         if self.activation_function not in ACTIVATIONS:
             raise ValueError(
                 f"OPTConfig.activation_function must be one of {ACTIVATIONS}, got {self.activation_function!r}")

@@ -175,6 +175,27 @@ class OPTAttention(nn.Module):
         return out
 
 
+def remat_policy(name: str) -> Any:
+    """The `jax.checkpoint` policy of a `configs.REMAT_POLICIES` name ("full": save nothing but the layer's
+    inputs; "dots_saveable": keep every matmul output; "dots_with_no_batch_dims_saveable": keep the
+    projections' and MLP's outputs, recompute attention scores, whose einsums have batch dimensions)."""
+    if name == "full":
+        return None
+    if name in ("dots_saveable", "dots_with_no_batch_dims_saveable"):
+        return getattr(jax.checkpoint_policies, name)
+    raise ValueError(f"remat policy {name!r} does not rematerialise; expected one of "
+                     f"'full', 'dots_saveable', 'dots_with_no_batch_dims_saveable'")
+
+
+def remat_layer(layer_cls: type[nn.Module], policy: str) -> type[nn.Module]:
+    """``layer_cls`` wrapped in ``nn.remat`` with the named policy ("none": unchanged). Per layer, so it
+    composes with a python loop over layers as with ``nn.scan``."""
+    if policy == "none":
+        return layer_cls
+    # Arguments 4 and 5 (counting self) of a decoder layer are Python bools that select code paths.
+    return nn.remat(layer_cls, policy=remat_policy(policy), static_argnums=(4, 5))
+
+
 def _layer_norm(cfg: OPTConfig, name: str) -> nn.LayerNorm:
     affine = cfg.layer_norm_elementwise_affine
     return nn.LayerNorm(
@@ -241,10 +262,14 @@ class OPTForCausalLM(nn.Module):
     @nn.compact
     def __call__(self, input_ids: jax.Array, *, segment_ids: jax.Array | None = None,
                  positions: jax.Array | None = None, deterministic: bool = True,
-                 decode: bool = False, logits_to_keep: int = 0) -> jax.Array:
+                 decode: bool = False, logits_to_keep: int = 0, return_hidden: bool = False) -> Any:
         """Next-token logits [batch, length, vocab] f32; with ``logits_to_keep=k > 0`` only the last k
         positions [batch, k, vocab] (a decoding prefill needs one row, and the tied output projection is the
-        most expensive matmul of the model)."""
+        most expensive matmul of the model).
+
+        ``return_hidden=True`` returns ``(hidden [batch, length, word_embed_proj_dim], output embedding
+        [vocab, word_embed_proj_dim])`` in the compute dtype instead of logits, for losses that apply the tied
+        LM head in chunks (`optiml_jax.losses`) rather than holding all f32 logits."""
         cfg = self.config
         dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
         if input_ids.ndim != 2:
@@ -293,8 +318,7 @@ class OPTForCausalLM(nn.Module):
         h = nn.Dropout(rate=cfg.dropout)(h, deterministic=deterministic)
         h = nn.with_logical_constraint(h, ("batch", "length", "embed"))
 
-        # Arguments 4 and 5 (counting self) are Python bools that select code paths.
-        layer_cls = nn.remat(OPTDecoderLayer, static_argnums=(4, 5)) if cfg.remat else OPTDecoderLayer
+        layer_cls = remat_layer(OPTDecoderLayer, cfg.remat)
         for i in range(cfg.num_hidden_layers):
             h = layer_cls(cfg, name=f"layers_{i}")(h, mask, cache_index, deterministic, decode)
 
@@ -305,6 +329,10 @@ class OPTForCausalLM(nn.Module):
                          kernel_init=_partitioned(init, ("embed", None)), name="project_out")(h)
         if logits_to_keep > 0:
             h = h[:, -logits_to_keep:]
+        if return_hidden:
+            if decode:  # the NaN marking of a cache overflow lives on the logits
+                raise ValueError("return_hidden=True is for full forwards; decode=True returns logits")
+            return h.astype(dtype), embed_tokens.embedding.astype(dtype)
         # Tied output projection, accumulated in f32 even for bf16 compute.
         logits = jnp.einsum("bld,vd->blv", h.astype(dtype), embed_tokens.embedding.astype(dtype),
                             preferred_element_type=jnp.float32)
