@@ -56,6 +56,9 @@ class MixtureConfig:
         of training tasks (`optiml_jax.experiments`) draw these subsets; a name outside the mixture is refused.
       max_instances_per_task: train on at most this many instances of each task (a seeded subset of its training
         instances; None: all). Unlike ``eps``, which caps a task's mixing rate, this caps what it can repeat.
+      extra_tasks: seqio Task name -> share of the whole mixture (in (0, 1)), for Tasks a user registered
+        (a module imported by gin) that are not in the catalogue; they are cached and trained like the
+        built-in ones (`optiml_jax.tasks.cache`), the catalogued tasks sharing the rest (`add_extra_tasks`).
     """
 
     eps: int = 4096
@@ -72,8 +75,15 @@ class MixtureConfig:
     metaicl_separator: str = "\n\n\n"
     tasks: tuple[str, ...] | None = None
     max_instances_per_task: int | None = None
+    extra_tasks: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name, share in self.extra_tasks.items():
+            if not (isinstance(share, (int, float)) and 0.0 < share < 1.0):
+                raise ValueError(f"MixtureConfig.extra_tasks[{name!r}] must be a share in (0, 1), got {share!r}")
+        if self.extra_tasks and sum(self.extra_tasks.values()) >= 1.0:
+            raise ValueError(f"MixtureConfig.extra_tasks: the shares sum to {sum(self.extra_tasks.values())} "
+                             "but must leave room (< 1) for the catalogued tasks")
         if self.tasks is not None and not self.tasks:
             raise ValueError("MixtureConfig.tasks is empty: give at least one task name, or None for all")
         if self.max_instances_per_task is not None and (
@@ -193,6 +203,30 @@ def compute_rates(tasks: Mapping[str, TaskSize], config: MixtureConfig) -> Mixtu
         benchmark_share=dict(share), eps=config.eps)
 
 
+USER_BENCHMARK = "User"   # the benchmark label of `MixtureConfig.extra_tasks`
+
+
+def add_extra_tasks(rates: MixtureRates, extra: Mapping[str, float], sizes: Mapping[str, int]) -> MixtureRates:
+    """`rates` with the user Tasks of ``extra`` (name -> share of the whole mixture) appended after the
+    catalogued tasks, which keep their relative rates in the remaining ``1 - sum(extra)``. ``sizes``: each
+    extra Task's number of training examples (for reports)."""
+    if not extra:
+        return rates
+    clash = sorted(set(extra) & set(rates.task_names))
+    if clash:
+        raise ValueError(f"MixtureConfig.extra_tasks {clash} are already tasks of the mixture")
+    names = tuple(sorted(extra))
+    rest = 1.0 - sum(extra.values())
+    arr = np.concatenate([rates.rates * rest, np.asarray([extra[n] for n in names], np.float64)])
+    share = {b: v * rest for b, v in rates.benchmark_share.items()}
+    share[USER_BENCHMARK] = share.get(USER_BENCHMARK, 0.0) + sum(extra.values())
+    return MixtureRates(
+        task_names=rates.task_names + names, rates=arr / arr.sum(),
+        task_benchmark={**rates.task_benchmark, **{n: USER_BENCHMARK for n in names}},
+        task_size={**rates.task_size, **{n: int(sizes[n]) for n in names}},
+        benchmark_share=share, eps=rates.eps)
+
+
 def rates_table(rates: MixtureRates) -> tuple[list[dict], list[dict]]:
     """Rows per benchmark and per task (plain dicts, for reports and JSON)."""
     bench_rows = []
@@ -305,6 +339,7 @@ def make_mixture_config(
     metaicl_separator: str = "\n\n\n",
     tasks: Sequence[str] | None = None,
     max_instances_per_task: int | None = None,
+    extra_tasks: Mapping[str, float] | None = None,
 ) -> MixtureConfig:
     """Builds a `MixtureConfig`; registered with gin as ``mixture_config`` (see `register_gin`)."""
     return MixtureConfig(
@@ -314,7 +349,7 @@ def make_mixture_config(
         reasoning_share=reasoning_share, pretraining_share=pretraining_share, size_source=size_source,
         metaicl=metaicl, metaicl_zipf_a=metaicl_zipf_a, metaicl_max_shots=metaicl_max_shots,
         metaicl_separator=metaicl_separator, tasks=None if tasks is None else tuple(tasks),
-        max_instances_per_task=max_instances_per_task)
+        max_instances_per_task=max_instances_per_task, extra_tasks=dict(extra_tasks or {}))
 
 
 def _register_gin() -> None:

@@ -13,14 +13,12 @@ Everything that touches the data layer (catalogue, sources, splits) goes through
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import fnmatch
 import functools
-import hashlib
 import logging
 import os
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -28,6 +26,8 @@ from optiml_jax.errors import UserError
 from optiml_jax import feature_converters as fc
 from optiml_jax.tasks import mixtures as mx
 from optiml_jax.tasks import prompts
+from optiml_jax.tasks.packed import (STATE_VERSION, TRUNCATION_SAMPLE, PackedStream,  # noqa: F401 (re-exported)
+                                     format_truncation)
 from optiml_jax.tasks.prompts import BBH_MODES, bbh_exact_match, bbh_extract_answer  # noqa: F401 (re-exported)
 from optiml_jax.tasks.schema import LEVELS, PART_INPUT, Example, PromptedExample, TaskInfo
 
@@ -42,9 +42,6 @@ MAX_TRAIN_MIXTURE = "optiml_max_train"
 # "Reasoning" like trainable CoT tasks).
 EVAL_ONLY_BENCHMARKS = frozenset({"BBH", "BIG-bench"})
 EVAL_ONLY_SOURCE_SPLITS = frozenset({"eval_only", "test"})
-# 2: adds the look-ahead window ("pending", "packing_window"). A version-1 state (in-order packing: nothing
-# pending) still restores; the packing from there on is the windowed one.
-STATE_VERSION = 2
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -304,10 +301,6 @@ def get_bench(data_dir: str | os.PathLike | None = None, split: str | None = Non
 # Training input.
 
 
-def _digest(names: Sequence[str]) -> str:
-    return hashlib.blake2b("\n".join(names).encode(), digest_size=8).hexdigest()
-
-
 def training_rates(bench: Bench, mixture: str = TRAIN_MIXTURE,
                    config: mx.MixtureConfig | None = None) -> tuple[mx.MixtureRates, list[str]]:
     """Mixing rates of a training mixture and the tasks left out for having no training examples on disk.
@@ -357,30 +350,17 @@ def train_pool(bench: Bench, name: str, config: mx.MixtureConfig) -> list[Exampl
     return _subsample(bench.train_examples(name), config.max_instances_per_task, 0, "train/" + name)
 
 
-_TRUNCATION_SAMPLE = 1024   # stream positions `TrainInput(log_truncation=True)` fits at start
-
-
-def format_truncation(counts: Mapping[str, Mapping[str, int]]) -> str:
-    """One line per `TrainInput.truncation_counts` result: per benchmark, the share of its drawn examples
-    truncated and skipped (with reasons)."""
-    out = []
-    for bench_name, c in counts.items():
-        drawn = c.get("examples", 0) + sum(v for k, v in c.items() if k.startswith("skipped_"))
-        if not drawn:
-            continue
-        bits = [f"{k.replace('_', ' ')} {100 * v / drawn:.0f}%" for k, v in c.items() if k != "examples" and v]
-        out.append(f"{bench_name} ({drawn}): " + (", ".join(bits) if bits else "all fit"))
-    return "; ".join(out)
-
-
-class TrainInput:
-    """Iterator of packed numpy batches of the training mixture (see module docstring).
+class TrainInput(PackedStream):
+    """Iterator of packed numpy batches of the training mixture, every training example in memory (see module
+    docstring; `loader.CachedTrainInput` is the same stream read from the token cache).
 
     Each batch holds the feature-converter keys ([batch_size, seq_len]) plus ``decoder_task_ids`` (index into
     `task_names`, -1 on padding; keep it on the host). `state()` / `restore()` resume exactly, look-ahead
     window included. ``packing_window`` is the first-fit look-ahead (1 = in-order next-fit packing); it is
     part of the state, since another window packs the same stream differently.
     """
+
+    name = "TrainInput"
 
     def __init__(
         self,
@@ -400,45 +380,22 @@ class TrainInput:
         packing_window: int = fc.DEFAULT_PACKING_WINDOW,
         log_truncation: bool = False,
     ):
-        if batch_size < 1:
-            raise ValueError(f"TrainInput: batch_size must be >= 1, got {batch_size}")
-        if seq_len < 2:
-            raise ValueError(f"TrainInput: seq_len must be >= 2, got {seq_len}")
-        if num_shards < 1 or not 0 <= shard_index < num_shards:
-            raise ValueError(f"TrainInput: need 0 <= shard_index < num_shards, got {shard_index}/{num_shards}")
-        self.packing_window = fc.check_window(packing_window, "TrainInput: packing_window")
-        self.mixture = mixture
-        self.vocab = vocab
-        self.batch_size, self.seq_len = int(batch_size), int(seq_len)
-        self.seed, self.shard_index, self.num_shards = int(seed), int(shard_index), int(num_shards)
-        self.config = mixture_config or mx.MixtureConfig()
+        config = mixture_config or mx.MixtureConfig()
+        if config.extra_tasks:
+            raise UserError(f"mixture_config.extra_tasks {sorted(config.extra_tasks)}: user seqio Tasks are read "
+                            "from the token cache only (optiml_jax.tasks.loader.CachedTrainInput)")
         self.bench = bench or get_bench(data_dir, split)
-
-        self.rates, self.skipped_tasks = training_rates(self.bench, mixture, self.config)
-        self.task_names: tuple[str, ...] = self.rates.task_names
+        rates, self.skipped_tasks = training_rates(self.bench, mixture, config)
+        self._setup(mixture=mixture, split_name=self.bench.split_name, vocab=vocab, batch_size=batch_size,
+                    seq_len=seq_len, seed=seed, shard_index=shard_index, num_shards=num_shards, config=config,
+                    rates=rates, task_benchmark={n: self.bench.catalogue[n].benchmark for n in rates.task_names},
+                    packing_window=packing_window)
         self._examples = [train_pool(self.bench, n, self.config) for n in self.task_names]
         self._infos = [self.bench.catalogue[n] for n in self.task_names]
-        self.task_benchmark: dict[str, str] = {n: i.benchmark for n, i in zip(self.task_names, self._infos)}
-        self.sampler = mx.MixtureSampler(self.rates.rates, seed=self.seed)
         self._cache: dict[tuple[int, int, int], tuple[tuple[tuple[str, np.ndarray], ...], np.ndarray]] = {}
         self._cache_size = int(cache_size)
-        self.position = 0                      # next local stream index not yet drawn into the packing window
-        self._buffer: list[fc.Segment | fc.Skipped] = []   # tokenised ahead: positions position, position + 1, ...
-        self._window: list[tuple[int, fc.Segment]] = []   # (local position, segment) pending, in stream order
-        self._avg_len = 64.0
-        self._counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         if log_truncation:
-            # A warning: at a short seq_len, skipped examples change what the mixture really trains on.
-            estimate = self.estimate_truncation(_TRUNCATION_SAMPLE)
-            summary = format_truncation(estimate)
-            (logger.warning if "skipped" in summary or "truncated" in summary else logger.info)(
-                "seq_len=%d, first %d stream positions: %s", self.seq_len, _TRUNCATION_SAMPLE, summary)
-
-    # -- stream ------------------------------------------------------------------------------------------
-
-    def global_index(self, k: int) -> int:
-        """Global stream position of this host's local position ``k``."""
-        return k * self.num_shards + self.shard_index
+            log_truncation_estimate(self)
 
     def draw(self, k: int) -> tuple[int, int, int, int]:
         """(task index, example index, delimiter index, shots) of local position ``k``: pure in (seed, shard, k)."""
@@ -453,10 +410,6 @@ class TrainInput:
         p = prompts.render_train(self._infos[t], pool[e], pool, key=aux, num_shots=shots,
                                  separator=self.config.metaicl_separator)
         return t, p, ((t, e, d) if p.num_shots == 0 else None)
-
-    def _extend(self, count: int) -> None:
-        start = self.position + len(self._buffer)
-        self._buffer.extend(self._encode(range(start, start + count)))
 
     def _encode(self, positions: Sequence[int]) -> list[fc.Segment | fc.Skipped]:
         """Segments (or skips) of local positions (pure in (seed, shard, k)); one tokeniser call for the
@@ -485,150 +438,16 @@ class TrainInput:
         for (t, _, _), (parts, target) in zip(rendered, cached):
             new.append(fc.fit_segment(parts, target, bos_id=self.vocab.bos_id, eos_id=self.vocab.eos_id,
                                       max_length=self.seq_len, tag=t))
-        lengths = [x.length for x in new if isinstance(x, fc.Segment)]
-        if lengths:
-            self._avg_len = 0.5 * self._avg_len + 0.5 * float(np.mean(lengths))
+        self._note_lengths(new)
         return new
 
-    def _fresh(self) -> Iterator[fc.Segment | fc.Skipped]:
-        """Segments (and skips) from `position` on, tokenised ahead in chunks sized to about one batch."""
-        i = 0
-        while True:
-            if i >= len(self._buffer):
-                want = int(self.batch_size * self.seq_len / max(self._avg_len, 1.0) * 1.1) + 4
-                self._extend(max(16, want - (len(self._buffer) - i)))
-            yield self._buffer[i]
-            i += 1
 
-    def iter_examples(self, start: int = 0, chunk: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
-        """Unpacked stream ``(source_ids, target_ids, task_index)`` from local position ``start`` (for seqio),
-        already fitted to ``seq_len`` (skipped examples left out); packing it with `feature_converters` gives
-        exactly this input's batches. Independent of `position` and of the counters."""
-        worker = TrainInput.__new__(TrainInput)
-        worker.__dict__.update(self.__dict__)
-        worker._buffer, worker._window, worker.position = [], [], int(start)
-        worker._counts = collections.defaultdict(collections.Counter)
-        while True:
-            worker._extend(chunk)
-            for seg in worker._buffer:
-                if isinstance(seg, fc.Skipped):
-                    continue
-                src = seg.tokens[1:seg.num_prefix]
-                tgt = seg.tokens[seg.num_prefix:-1]
-                yield src, tgt, seg.tag
-            worker.position += len(worker._buffer)
-            worker._buffer = []
-
-    def _count(self, item: fc.Segment | fc.Skipped) -> None:
-        c = self._counts[self._infos[item.tag].benchmark]
-        if isinstance(item, fc.Skipped):
-            c["skipped_" + item.reason] += 1
-        else:
-            c["examples"] += 1
-            if item.truncated != fc.NOT_TRUNCATED:
-                c["truncated_" + fc.TRUNCATION_NAMES[item.truncated]] += 1
-
-    def truncation_counts(self) -> dict[str, dict[str, int]]:
-        """Per benchmark, since this object was built: ``examples`` packed into the batches returned so far,
-        how many of them were truncated (``truncated_demonstrations``: demonstrations dropped;
-        ``truncated_input``: instance input cut in its middle; ``truncated_text``: source-less text cut), and
-        the stream positions skipped (``skipped_target`` / ``skipped_definition`` / ``skipped_input``, see
-        `feature_converters.fit_segment`). JSON-serialisable, for metrics.jsonl."""
-        return {b: dict(sorted(c.items())) for b, c in sorted(self._counts.items())}
-
-    def estimate_truncation(self, num_examples: int = 1024) -> dict[str, dict[str, int]]:
-        """`truncation_counts` of the first ``num_examples`` stream positions, without moving the stream (for
-        the log line at start); ``examples`` here counts every fitted example, packed or not."""
-        worker = TrainInput.__new__(TrainInput)
-        worker.__dict__.update(self.__dict__)
-        worker._counts = collections.defaultdict(collections.Counter)
-        for item in worker._encode(range(num_examples)):
-            worker._count(item)
-        return worker.truncation_counts()
-
-    def __iter__(self) -> "TrainInput":
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        # The packer is restarted on (pending window, fresh stream) for every batch: its state between rows
-        # is exactly its window, so this continues the packing of the previous batch without a seam.
-        window = self._window
-        taken: list[tuple[int, fc.Segment]] = list(window)   # packer ordinal -> (local position, segment)
-        consumed = 0                                           # fresh stream positions drawn, skips included
-        skipped: list[fc.Skipped] = []
-
-        def stream() -> Iterator[fc.Segment]:
-            nonlocal consumed
-            for _, seg in window:
-                yield seg
-            for item in self._fresh():
-                consumed += 1
-                if isinstance(item, fc.Skipped):
-                    skipped.append(item)   # never trained on; counted below
-                    continue
-                taken.append((self.position + consumed - 1, item))
-                yield item
-
-        batch, plans = fc.pack_segments(stream(), max_length=self.seq_len, num_rows=self.batch_size,
-                                        pad_id=self.vocab.pad_id, with_tags=True, window=self.packing_window)
-        for plan in plans:
-            for ordinal in plan.members:
-                self._count(taken[ordinal][1])
-        for item in skipped:
-            self._count(item)
-        self._window = [taken[o] for o in plans[-1].pending] if plans else []
-        del self._buffer[:consumed]
-        self.position += consumed
-        return batch
-
-    # -- checkpointing -----------------------------------------------------------------------------------
-
-    def state(self) -> dict:
-        """Small JSON-serialisable position of this host's stream: the next local position not yet drawn
-        (``position``) and the local positions pending in the packing window (``pending``, at most
-        ``packing_window`` ints)."""
-        return {
-            "version": STATE_VERSION, "mixture": self.mixture, "split": self.bench.split_name,
-            "seed": self.seed, "shard_index": self.shard_index, "num_shards": self.num_shards,
-            "position": self.position, "pending": [k for k, _ in self._window],
-            "packing_window": self.packing_window, "tasks_digest": _digest(self.task_names),
-        }
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        """Resumes at a `state()`; refuses a state of another stream (mismatching field named)."""
-        if not isinstance(state, Mapping) or "position" not in state:
-            raise ValueError(f"TrainInput.restore: not a TrainInput state: {state!r}")
-        version = state.get("version")
-        if version not in (1, STATE_VERSION):
-            raise ValueError(f"TrainInput.restore: state version {version!r} is not 1 or {STATE_VERSION}")
-        mine = self.state()
-        keys = ["mixture", "split", "seed", "shard_index", "num_shards", "tasks_digest"]
-        if version == STATE_VERSION:
-            keys.append("packing_window")
-        for key in keys:
-            if state.get(key) != mine[key]:
-                raise ValueError(f"TrainInput.restore: state field {key!r} is {state.get(key)!r} but this input "
-                                 f"has {mine[key]!r} (different data, seed, sharding or packing window)")
-        position = state["position"]
-        if not _is_int(position) or position < 0:
-            raise ValueError(f"TrainInput.restore: state field 'position' must be an int >= 0, got {position!r}")
-        # Version 1 packed in order, so nothing was pending.
-        pending = state.get("pending") if version == STATE_VERSION else []
-        valid = (isinstance(pending, Sequence) and not isinstance(pending, str)
-                 and all(_is_int(k) for k in pending) and list(pending) == sorted(set(pending))
-                 and all(0 <= k < position for k in pending) and len(pending) <= self.packing_window)
-        if not valid:
-            raise ValueError(
-                f"TrainInput.restore: state field 'pending' must be at most {self.packing_window} increasing ints "
-                f"in [0, position={position}), got {pending!r}")
-        pending = [int(k) for k in pending]
-        self.position = int(position)
-        self._buffer = []
-        self._window = list(zip(pending, self._encode(pending)))
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+def log_truncation_estimate(stream: PackedStream) -> None:
+    """Logs `PackedStream.estimate_truncation` of the first stream positions (a warning when examples are cut
+    or skipped: at a short seq_len, skipped examples change what the mixture really trains on)."""
+    summary = format_truncation(stream.estimate_truncation(TRUNCATION_SAMPLE))
+    (logger.warning if "skipped" in summary or "truncated" in summary else logger.info)(
+        "seq_len=%d, first %d stream positions: %s", stream.seq_len, TRUNCATION_SAMPLE, summary)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -649,14 +468,19 @@ def eval_task_names(split: str = "validation", level: str | None = None, data_di
     return out
 
 
-def _subsample(examples: list[Example], max_examples: int | None, seed: int, task: str) -> list[Example]:
-    if max_examples is None or len(examples) <= max_examples:
-        return examples
+def subsample_indices(n: int, max_examples: int | None, seed: int, task: str) -> np.ndarray | None:
+    """Indices (sorted) of the seeded subset of ``max_examples`` of ``n`` items; None when all are kept."""
+    if max_examples is None or n <= max_examples:
+        return None
     if max_examples < 0:
         raise ValueError(f"max_examples must be >= 0 or None, got {max_examples}")
     rng = np.random.Generator(np.random.PCG64(prompts.stable_seed("subsample", seed, task)))
-    keep = np.sort(rng.choice(len(examples), size=max_examples, replace=False))
-    return [examples[int(i)] for i in keep]
+    return np.sort(rng.choice(n, size=max_examples, replace=False))
+
+
+def _subsample(examples: list[Example], max_examples: int | None, seed: int, task: str) -> list[Example]:
+    keep = subsample_indices(len(examples), max_examples, seed, task)
+    return examples if keep is None else [examples[int(i)] for i in keep]
 
 
 def eval_examples(task_name: str, *, split: str = "validation", num_shots: int = 0,
