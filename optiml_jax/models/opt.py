@@ -14,7 +14,8 @@ The output projection is tied to `embed_tokens` (no lm_head parameter).
 
 Masking is driven by segment ids (0 = padding): a token attends to earlier tokens of its own non-zero segment,
 which covers causal masking, packed sequences and left padding with one rule. Padding tokens attend only to
-themselves so that every softmax row has a valid entry.
+themselves so that every softmax row has a valid entry. `OPTConfig.attention_kernel` picks the kernel that
+applies the rule (models/attention.py: "xla", or the fused "pallas", "splash", "cudnn" for training/prefill).
 """
 from __future__ import annotations
 
@@ -25,12 +26,17 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from optiml_jax.models.attention import (
+    AttentionSegments,
+    fused_attention,
+    segment_mask,
+    xla_attention,
+)
 from optiml_jax.models.configs import OPTConfig
 
 # OPT reserves the first two rows of its position table (fairseq's padding_idx + 1 offset).
 POSITION_OFFSET = 2
 _LAYER_NORM_EPS = 1e-5
-_MASK_VALUE = float(jnp.finfo(jnp.float32).min)
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -41,22 +47,6 @@ def dtype_of(name: str) -> Any:
         return _DTYPES[name]
     except KeyError:
         raise ValueError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES)}") from None
-
-
-def segment_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, q_index: jax.Array,
-                 kv_index: jax.Array) -> jax.Array:
-    """Block-causal attention mask, bool [B, 1, Lq, Lk].
-
-    Query i sees key j when both belong to the same non-zero segment and j <= i (indices are absolute
-    positions in the key sequence, so the same rule serves a full forward and a KV-cache step). A padding
-    query (segment 0) sees only itself, so no softmax row is empty.
-    """
-    q_seg = q_segment_ids[:, :, None]
-    kv_seg = kv_segment_ids[:, None, :]
-    causal = kv_index[None, None, :] <= q_index[None, :, None]
-    same = (q_seg == kv_seg) & (q_seg != 0)
-    pad_self = (q_seg == 0) & (kv_index[None, None, :] == q_index[None, :, None])
-    return ((same & causal) | pad_self)[:, None, :, :]
 
 
 def positions_from_mask(mask: jax.Array) -> jax.Array:
@@ -112,7 +102,7 @@ class OPTAttention(nn.Module):
     config: OPTConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, cache_index: jax.Array, deterministic: bool,
+    def __call__(self, x: jax.Array, segments: AttentionSegments, cache_index: jax.Array, deterministic: bool,
                  decode: bool) -> jax.Array:
         cfg = self.config
         dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
@@ -150,25 +140,17 @@ class OPTAttention(nn.Module):
                 cached_key.value, cached_value.value = key, value
             key = nn.with_logical_constraint(key, ("batch", "heads", "length", "kv"))
             value = nn.with_logical_constraint(value, ("batch", "heads", "length", "kv"))
-            if cfg.attention_kernel == "cudnn":  # the fused kernel takes [batch, length, heads, head_dim]
-                query, key, value = (jnp.swapaxes(t, 1, 2) for t in (query, key, value))
 
-        # Layout of q/k/v: [b, l, h, d] ("blhd") except on the decode path of the XLA kernel ("bhld").
-        layout = "bhld" if decode and cfg.attention_kernel != "cudnn" else "blhd"
-        if cfg.attention_kernel == "cudnn":
+        # Decoding (prefill included) always takes the XLA path: see models/attention.py.
+        if cfg.attention_kernel != "xla" and not decode:
             if cfg.attention_dropout > 0 and not deterministic:
-                raise ValueError("OPTConfig.attention_kernel='cudnn' does not support attention_dropout > 0 in "
-                                 "training; use attention_kernel='xla'")
-            out = jax.nn.dot_product_attention(query, key, value, mask=mask, scale=1.0, implementation="cudnn")
+                raise ValueError(f"OPTConfig.attention_kernel={cfg.attention_kernel!r} does not support "
+                                 "attention_dropout > 0 in training; use attention_kernel='xla'")
+            out = fused_attention(cfg.attention_kernel, query, key, value, segments.q_segment_ids)
         else:
-            q_spec, k_spec = ("bhqd", "bhkd") if layout == "bhld" else ("bqhd", "bkhd")
-            scores = jnp.einsum(f"{q_spec},{k_spec}->bhqk", query, key, preferred_element_type=jnp.float32)
-            scores = jnp.where(mask, scores, _MASK_VALUE)
-            probs = jax.nn.softmax(scores, axis=-1)
-            probs = nn.Dropout(rate=cfg.attention_dropout)(probs, deterministic=deterministic)
-            out = jnp.einsum(f"bhqk,{k_spec}->{q_spec}", probs.astype(dtype), value)
-            if layout == "bhld":
-                out = jnp.swapaxes(out, 1, 2)
+            dropout = nn.Dropout(rate=cfg.attention_dropout)
+            out = xla_attention(query, key, value, segments, heads_major=decode,
+                                probs_fn=lambda p: dropout(p, deterministic=deterministic))
         out = _EinsumDense(contract=2, kernel_shape=(heads, head_dim, cfg.hidden_size),
                            kernel_axes=("heads", "kv", "embed"), bias_axes=("embed",), use_bias=cfg.enable_bias,
                            dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init, name="out_proj")(out)
@@ -210,7 +192,7 @@ class OPTDecoderLayer(nn.Module):
     config: OPTConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array, cache_index: jax.Array, deterministic: bool,
+    def __call__(self, x: jax.Array, segments: AttentionSegments, cache_index: jax.Array, deterministic: bool,
                  decode: bool) -> jax.Array:
         cfg = self.config
         dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
@@ -219,7 +201,7 @@ class OPTDecoderLayer(nn.Module):
 
         residual = x
         h = _layer_norm(cfg, "self_attn_layer_norm")(x) if pre_ln else x
-        h = OPTAttention(cfg, name="self_attn")(h, mask, cache_index, deterministic, decode)
+        h = OPTAttention(cfg, name="self_attn")(h, segments, cache_index, deterministic, decode)
         h = nn.Dropout(rate=cfg.dropout)(h, deterministic=deterministic)
         h = residual + h
         if not pre_ln:
@@ -300,9 +282,9 @@ class OPTForCausalLM(nn.Module):
                 q_index = cache_index + q_index
                 overflow = cache_index + length > max_length
         kv_index = jnp.arange(kv_segment_ids.shape[1], dtype=jnp.int32)
-        mask = segment_mask(segment_ids, kv_segment_ids, q_index, kv_index)
+        segments = AttentionSegments(segment_ids, kv_segment_ids, q_index, kv_index)
         if positions is None:
-            positions = positions_from_mask(mask)
+            positions = positions_from_mask(segment_mask(*segments))
 
         init = nn.initializers.normal(cfg.init_std)
         embed_tokens = nn.Embed(cfg.vocab_size, cfg.word_embed_proj_dim, dtype=dtype, param_dtype=param_dtype,
@@ -320,7 +302,7 @@ class OPTForCausalLM(nn.Module):
 
         layer_cls = remat_layer(OPTDecoderLayer, cfg.remat)
         for i in range(cfg.num_hidden_layers):
-            h = layer_cls(cfg, name=f"layers_{i}")(h, mask, cache_index, deterministic, decode)
+            h = layer_cls(cfg, name=f"layers_{i}")(h, segments, cache_index, deterministic, decode)
 
         if cfg.has_final_layer_norm:
             h = _layer_norm(cfg, "final_layer_norm")(h)
