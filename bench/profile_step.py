@@ -23,11 +23,10 @@ def profile(model: str, *, seq_len: int, batch: int, repeats: int, prng: str = "
 
     jax.config.update("jax_default_prng_impl", prng)
     import jax.numpy as jnp
-    import numpy as np
 
     from bench.common import bench_config, interleaved_times, setup_threads, summarize
     from bench.train_step import HFStep, OursStep
-    from optiml_jax import trainer as tr
+    from optiml_jax import losses
 
     setup_threads()
     cfg = bench_config(model, seq_len)
@@ -41,7 +40,7 @@ def profile(model: str, *, seq_len: int, batch: int, repeats: int, prng: str = "
         logits = m.apply({"params": p}, b["decoder_input_tokens"], segment_ids=b["decoder_segment_ids"],
                          positions=b["decoder_positions"], deterministic=deterministic,
                          rngs=None if deterministic else {"dropout": rng})
-        s, w = tr.token_losses(logits, b["decoder_target_tokens"], b["decoder_loss_weights"])
+        s, w = losses.cross_entropy_from_logits(logits, b["decoder_target_tokens"], b["decoder_loss_weights"])
         return s / w
 
     fwd = jax.jit(lambda p: loss(p, True))
@@ -52,7 +51,7 @@ def profile(model: str, *, seq_len: int, batch: int, repeats: int, prng: str = "
 
     def head_loss(e, h):
         logits = jnp.einsum("bld,vd->blv", h, e, preferred_element_type=jnp.float32)
-        s, w = tr.token_losses(logits, b["decoder_target_tokens"], b["decoder_loss_weights"])
+        s, w = losses.cross_entropy_from_logits(logits, b["decoder_target_tokens"], b["decoder_loss_weights"])
         return s / w
 
     head = jax.jit(jax.grad(head_loss, argnums=(0, 1)))
@@ -97,7 +96,7 @@ def ce_memory(model: str, *, seq_len: int, batch: int, chunk: int) -> dict[str, 
     import jax.numpy as jnp
 
     from bench.common import bench_config
-    from optiml_jax import trainer as tr
+    from optiml_jax import losses
 
     cfg = bench_config(model, seq_len)
     n = batch * seq_len
@@ -109,14 +108,14 @@ def ce_memory(model: str, *, seq_len: int, batch: int, chunk: int) -> dict[str, 
 
     def full(e, h, t):
         logits = jnp.einsum("nd,vd->nv", h, e, preferred_element_type=jnp.float32)
-        return tr.token_losses(logits, t, jnp.ones_like(t, jnp.float32))[0]
+        return losses.cross_entropy_from_logits(logits, t, jnp.ones_like(t, jnp.float32))[0]
 
     def chunked(e, h, t):
         @jax.checkpoint
         def one(args):
             hc, tc = args
             logits = jnp.einsum("nd,vd->nv", hc, e, preferred_element_type=jnp.float32)
-            return tr.token_losses(logits, tc, jnp.ones_like(tc, jnp.float32))[0]
+            return losses.cross_entropy_from_logits(logits, tc, jnp.ones_like(tc, jnp.float32))[0]
         return jnp.sum(jax.lax.map(one, (h.reshape(-1, chunk, h.shape[-1]), t.reshape(-1, chunk))))
 
     out = {}

@@ -2,7 +2,8 @@
 
 The recipe follows the paper (§3.3): AdamW with fp32 state, (b1, b2) = (0.9, 0.95), linear warm-up then linear
 decay to 0, gradient clipping at 1.0, dropout from the model config, and a label-only loss over packed sequences:
-``sum(CE * decoder_loss_weights) / sum(decoder_loss_weights)`` over the whole (global) batch. Gradient
+``sum(CE * decoder_loss_weights) / sum(decoder_loss_weights)`` over the whole (global) batch, with the tied
+LM head applied in chunks of tokens (`optiml_jax.losses`, no [tokens, vocab] logits). Gradient
 accumulation splits that batch into microbatches inside the jitted step and divides by the total weight once, so
 it computes exactly the big-batch gradient.
 """
@@ -23,7 +24,7 @@ from flax import linen as nn
 from flax import struct
 from jax.sharding import Mesh, NamedSharding
 
-from optiml_jax import partitioning
+from optiml_jax import losses, partitioning
 from optiml_jax.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -67,11 +68,16 @@ class TrainerConfig:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     num_microbatches: int = 1     # gradient accumulation inside the step
     z_loss: float = 0.0           # PaLM-style log(Z)^2 penalty; the paper does not use one
+    # Logits rows (tokens of the (micro)batch) of the tied LM head held at once by the loss; 0 = all of them
+    # (see optiml_jax.losses).
+    ce_chunk_tokens: int = 2048
     seed: int = 0
 
     def validate(self, global_batch_size: int, data_parallel: int) -> None:
         """Checks that microbatches tile the batch evenly over the data-parallel devices."""
         self.optimizer.validate()
+        if self.ce_chunk_tokens < 0:
+            raise UserError(f"TrainerConfig.ce_chunk_tokens must be >= 0 (0 = no chunking), got {self.ce_chunk_tokens}")
         m = self.num_microbatches
         if m < 1:
             raise UserError(f"TrainerConfig.num_microbatches must be >= 1, got {m}")
@@ -109,19 +115,6 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     parts.append(optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                              weight_decay=cfg.weight_decay, mu_dtype=jnp.float32))
     return optax.chain(*parts)
-
-
-def token_losses(logits: jax.Array, targets: jax.Array, weights: jax.Array, z_loss: float = 0.0
-                 ) -> tuple[jax.Array, jax.Array]:
-    """Sum of weighted cross-entropy (plus optional z-loss) and sum of weights; fp32 throughout."""
-    logits = logits.astype(jnp.float32)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    ce = log_z - target_logit
-    if z_loss:
-        ce = ce + z_loss * jnp.square(log_z)
-    weights = weights.astype(jnp.float32)
-    return jnp.sum(ce * weights), jnp.sum(weights)
 
 
 def examples_per_benchmark(batch: Mapping[str, np.ndarray], task_names: Sequence[str],
@@ -186,7 +179,8 @@ class Trainer:
     """Jitted, sharded train and eval steps for a linen causal LM with logical partitioning.
 
     Args:
-      model: linen module called as ``model(input_ids, segment_ids=, positions=, deterministic=)`` -> logits.
+      model: linen module called as ``model(input_ids, segment_ids=, positions=, deterministic=,
+        return_hidden=True)`` -> (final hidden states, tied output embedding), as `OPTForCausalLM`.
       config: the trainer recipe.
       mesh: the device mesh (see `partitioning.create_mesh`).
       rules: logical axis rules.
@@ -259,12 +253,13 @@ class Trainer:
 
     # ---- steps ----------------------------------------------------------------------------------------------
     def _loss_sums(self, params, batch, rng, deterministic: bool):
-        logits = self.model.apply(
+        hidden, embedding = self.model.apply(
             {"params": params}, batch["decoder_input_tokens"], segment_ids=batch["decoder_segment_ids"],
             positions=batch["decoder_positions"], deterministic=deterministic,
-            rngs=None if deterministic else {"dropout": rng})
-        return token_losses(logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"],
-                            self.config.z_loss)
+            rngs=None if deterministic else {"dropout": rng}, return_hidden=True)
+        return losses.cross_entropy_sums(hidden, embedding, batch["decoder_target_tokens"],
+                                         batch["decoder_loss_weights"], z_loss=self.config.z_loss,
+                                         chunk_tokens=self.config.ce_chunk_tokens)
 
     def _train_step_impl(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         step_rng = jax.random.fold_in(state.rng, state.step)

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from optiml_jax import partitioning, trainer
+from optiml_jax import losses, partitioning, trainer
 from optiml_jax.models.configs import get_config
 from optiml_jax.models.opt import OPTForCausalLM
 
@@ -135,12 +135,12 @@ def test_token_losses_is_label_only_weighted_ce():
     logits = rng.normal(size=(2, 5, 7)).astype(np.float32)
     targets = rng.integers(0, 7, size=(2, 5))
     weights = (rng.random((2, 5)) > 0.5).astype(np.float32)
-    s, w = trainer.token_losses(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights))
+    s, w = losses.cross_entropy_from_logits(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights))
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     ce = -np.take_along_axis(logp, targets[..., None], -1)[..., 0]
     np.testing.assert_allclose(float(s), float((ce * weights).sum()), rtol=1e-5)
     assert float(w) == weights.sum()
-    zs, _ = trainer.token_losses(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights), z_loss=1e-2)
+    zs, _ = losses.cross_entropy_from_logits(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights), z_loss=1e-2)
     assert float(zs) > float(s)
 
 
