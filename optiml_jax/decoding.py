@@ -6,7 +6,9 @@ Every decoding function follows the same plan, compiled as one XLA program:
    segment id 0 (so no real token attends to it) and positions are counted from each row's first real token, so a
    padded row computes exactly what the unpadded prompt would;
 2. *steps*: inside a ``lax.while_loop`` one token per row is chosen from the last logits and fed back at position
-   ``prompt_length + step``, until every row has produced EOS or ``max_new_tokens`` tokens were generated.
+   ``prompt_length + step``, until every row has produced EOS or its limit of new tokens (``max_new_tokens``,
+   or a smaller per-row ``limits`` entry: rows of different limits share one compiled program and one batch,
+   and the loop ends as soon as the last row is finished).
 
 The functions are pure in (params, inputs); the model is a static argument. With params carrying the trainer's
 ``NamedSharding``s (see `optiml_jax.inference.shard_params`) the whole loop runs sharded over the mesh and the
@@ -327,7 +329,8 @@ def token_logprob(logits: jax.Array, token: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _generate_impl(params, tokens, segments, positions, rng, *, model, cfg: DecodeConfig, eos_id: int, pad_id: int):
+def _generate_impl(params, tokens, segments, positions, rng, limits, *, model, cfg: DecodeConfig, eos_id: int,
+                   pad_id: int):
     b, prompt_len = tokens.shape
     n = cfg.max_new_tokens
     # The cache needs room for the prompt and the n - 1 tokens fed back (the last chosen token is never fed).
@@ -342,7 +345,9 @@ def _generate_impl(params, tokens, segments, positions, rng, *, model, cfg: Deco
         is_eos = (token == eos_id) & ~done
         gen_len = gen_len + jnp.where(done | is_eos, 0, 1)
         out = jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
-        return token, rng, out, done | is_eos, scores, gen_len
+        # A row that reached its own limit is finished like one that produced EOS: it only feeds padding from
+        # then on, which no other row attends to, so the other rows compute exactly what they would alone.
+        return token, rng, out, done | is_eos | (i + 1 >= limits), scores, gen_len
 
     def cond(state):
         i, _, _, _, done, _, _, _ = state
@@ -457,7 +462,7 @@ def _beam_search_impl(params, tokens, segments, positions, *, model, cfg: Decode
 def _compiled(model, cfg: DecodeConfig, eos_id: int, pad_id: int):
     if cfg.method == "beam":
         fn = functools.partial(_beam_search_impl, model=model, cfg=cfg, eos_id=eos_id, pad_id=pad_id)
-        return jax.jit(lambda params, t, s, p, rng: fn(params, t, s, p))
+        return jax.jit(lambda params, t, s, p, rng, limits: fn(params, t, s, p))
     return jax.jit(functools.partial(_generate_impl, model=model, cfg=cfg, eos_id=eos_id, pad_id=pad_id))
 
 
@@ -474,8 +479,13 @@ def generate(
     mesh: jax.sharding.Mesh | None = None,
     rules: Sequence[tuple[str, Any]] | None = None,
     constrain_activations: bool = False,
+    limits: Sequence[int] | np.ndarray | None = None,
 ) -> DecodeOutput:
     """Continues left-padded prompts (see `left_pad`) with the KV cache; returns host numpy arrays.
+
+    ``limits`` (greedy / sample only): new tokens at most per row, each in 1 .. ``cfg.max_new_tokens``; a row
+    gets exactly the first ``limits[i]`` tokens of what it would generate without a limit (then ``pad_id``).
+    The limits are an input of the compiled program, not part of its shape.
 
     ``model`` is an ``OPTForCausalLM`` (or any module with the same decode interface), ``params`` its params
     (optionally sharded with ``NamedSharding``s on ``mesh``: the batch is then split over the mesh's data axes;
@@ -494,14 +504,23 @@ def generate(
             f"generate: prompt length {tokens.shape[1]} + max_new_tokens {cfg.max_new_tokens} exceeds the model's "
             f"max_position_embeddings {max_pos}; truncate the prompts or lower max_new_tokens"
         )
+    if limits is None:
+        limits = np.full((tokens.shape[0],), cfg.max_new_tokens, np.int32)
+    else:
+        if cfg.method == "beam":
+            raise ValueError("generate: per-row limits are for greedy and sampled decoding, not beam search")
+        limits = np.asarray(limits, np.int32)
+        if limits.shape != (tokens.shape[0],) or limits.min() < 1 or limits.max() > cfg.max_new_tokens:
+            raise ValueError(f"generate: limits must be one value in 1..{cfg.max_new_tokens} (max_new_tokens) per "
+                             f"row ({tokens.shape[0]} rows), got {limits.tolist()}")
     fn = _compiled(model, cfg, int(eos_id), int(pad_id))
     rng = jax.random.PRNGKey(cfg.seed)
     cache_structure(model, tokens.shape[0], tokens.shape[1] + cfg.max_new_tokens)  # outside the mesh context
-    tokens, segment_ids, positions = place_batch(
-        mesh, np.asarray(tokens), np.asarray(segment_ids, np.int32), np.asarray(positions, np.int32)
+    tokens, segment_ids, positions, limits = place_batch(
+        mesh, np.asarray(tokens), np.asarray(segment_ids, np.int32), np.asarray(positions, np.int32), limits
     )
     with decode_context(mesh, rules, constrain_activations=constrain_activations):
-        out, lengths, scores = fn(params, tokens, segment_ids, positions, rng)
+        out, lengths, scores = fn(params, tokens, segment_ids, positions, rng, limits)
     from optiml_jax.partitioning import to_host
 
     return DecodeOutput(to_host(out), to_host(lengths), to_host(scores))

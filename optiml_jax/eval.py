@@ -275,7 +275,8 @@ def plan_memory(
     gen = decoding._compiled(net, dcfg, cfg.eos_token_id, cfg.pad_token_id)
     key = jax.ShapeDtypeStruct((2,), jax.numpy.uint32, sharding=partitioning.replicated(mesh))
     record(f"greedy decoding ({rows} prompts x {prompt_len} + {max_new_tokens} new)",
-           gen.lower(params, batch(rows, prompt_len), batch(rows, prompt_len), batch(rows, prompt_len), key).compile())
+           gen.lower(params, batch(rows, prompt_len), batch(rows, prompt_len), batch(rows, prompt_len), key,
+                     batch(rows)).compile())
     if train_batch_size:
         import numpy as np
 

@@ -263,11 +263,19 @@ class Predictor:
 
     # ---- batching -----------------------------------------------------------------------------------------
 
-    def plan_batches(self, lengths: Sequence[int], max_length: int) -> list[tuple[list[int], int]]:
+    def plan_batches(self, lengths: Sequence[int], max_length: int,
+                     limits: Sequence[int] | None = None) -> list[tuple[list[int], int]]:
         """Groups example indices into device calls: longest prompt first, each call's padded length a
         `decoding.bucket_length` (at most ``max_length``) and its size bounded by ``batch_size`` and
-        ``token_budget``. Returns (indices, padded prompt length) per call."""
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        ``token_budget``. Returns (indices, padded prompt length) per call.
+
+        ``limits`` (generation: new tokens per example) order the examples of one padded length by limit, so
+        a call's rows stop at about the same step; equal limits give the order of lengths alone."""
+        def key(i: int) -> tuple[int, int, int]:
+            bucket = decoding.bucket_length(lengths[i], maximum=max_length)
+            return (-bucket, -(limits[i] if limits is not None else 0), -lengths[i])
+
+        order = sorted(range(len(lengths)), key=key)
         out, start = [], 0
         while start < len(order):
             length = decoding.bucket_length(lengths[order[start]], maximum=max_length)
@@ -308,29 +316,44 @@ class Predictor:
     # ---- generation ---------------------------------------------------------------------------------------
 
     def generate(
-        self, prompts: Sequence[str], cfg: decoding.DecodeConfig = decoding.DecodeConfig()
+        self, prompts: Sequence[str], cfg: decoding.DecodeConfig = decoding.DecodeConfig(),
+        limits: Sequence[int] | None = None,
     ) -> list[str]:
         """Continuations of ``prompts`` (text, EOS and padding removed); beam search returns the best beam."""
-        return [self.vocab.decode(ids) for ids in self.generate_ids(prompts, cfg)]
+        return [self.vocab.decode(ids) for ids in self.generate_ids(prompts, cfg, limits)]
 
     def generate_ids(
-        self, prompts: Sequence[str], cfg: decoding.DecodeConfig = decoding.DecodeConfig()
+        self, prompts: Sequence[str], cfg: decoding.DecodeConfig = decoding.DecodeConfig(),
+        limits: Sequence[int] | None = None,
     ) -> list[list[int]]:
-        """Generated token ids per prompt (up to the EOS)."""
+        """Generated token ids per prompt (up to the EOS).
+
+        ``limits``: new tokens at most per prompt (each <= ``cfg.max_new_tokens``; greedy / sample), e.g. a
+        per-task bound: a prompt gets the first ``limits[i]`` tokens of its unlimited continuation. Prompts are
+        cut for ``cfg.max_new_tokens`` either way, and calls keep the shapes of ``cfg``, so limits add no
+        compiled program; a call ends when its last row is finished."""
         if isinstance(prompts, str):
             raise TypeError("Predictor.generate: pass a list of prompts, not a single string")
+        if limits is not None and len(limits) != len(prompts):
+            raise ValueError(f"Predictor.generate: {len(prompts)} prompts but {len(limits)} limits")
         encoded = [self.encode_prompt(p, cfg.max_new_tokens) for p in prompts]
         results: list[list[int] | None] = [None] * len(encoded)
-        for idx, length in self.plan_batches([len(e) for e in encoded], self.max_positions - cfg.max_new_tokens):
+        for idx, length in self.plan_batches([len(e) for e in encoded], self.max_positions - cfg.max_new_tokens,
+                                             limits):
             batch = [encoded[i] for i in idx]
             # Every call of one padded length has the same row count (filler rows repeat the first prompt).
             rows = padded_rows(self._rows_for(length), self.mesh)
             batch += [batch[0]] * (rows - len(batch))
             self.compiled_shapes.add((f"generate_{cfg.method}", rows, length, cfg.max_new_tokens))
             tok, seg, pos = decoding.left_pad(batch, pad_id=self.vocab.pad_id, length=length)
+            # Filler rows take the smallest limit of the call: they never keep the loop running.
+            row_limits = None if limits is None else [limits[i] for i in idx]
+            if row_limits is not None:
+                row_limits += [min(row_limits)] * (rows - len(row_limits))
             out = decoding.generate(
                 self.model, self.params, tok, seg, pos, cfg,
                 eos_id=self.vocab.eos_id, pad_id=self.vocab.pad_id, mesh=self.mesh, rules=self.rules,
+                limits=row_limits,
             )
             rows_out = out.tokens[:, 0] if cfg.method == "beam" else out.tokens
             for j, i in enumerate(idx):

@@ -94,6 +94,33 @@ def test_greedy_stops_at_eos_like_hf(models, prompts):
     assert decoding.strip_generated(out.tokens[0], eos_id=stop, pad_id=PAD) == list(free[0, :first])
 
 
+def test_per_row_limits_cut_the_unlimited_continuation(models, prompts):
+    # A row with limit k gets exactly the first k tokens it generates without a limit; the other rows of the
+    # batch are unchanged (a finished row feeds padding nobody attends to), whatever the limits of the others.
+    _, model, params = models
+    free = ours(model, params, prompts)
+    for limits in ([3, NEW, 1], [1, 1, 1], [NEW, NEW, NEW]):
+        out = ours(model, params, prompts, limits=limits)
+        for i, k in enumerate(limits):
+            np.testing.assert_array_equal(out.tokens[i, :k], free.tokens[i, :k])
+            assert (out.tokens[i, k:] == PAD).all()
+            assert out.lengths[i] == min(free.lengths[i], k)
+            if k == NEW:
+                assert out.scores[i] == free.scores[i]
+    # Sampling: the same rule (the rng is consumed in lockstep whatever the limits).
+    cfg = decoding.DecodeConfig("sample", NEW, temperature=0.9, seed=3)
+    free_s = ours(model, params, prompts, cfg)
+    cut = ours(model, params, prompts, cfg, limits=[2, 5, NEW])
+    for i, k in enumerate([2, 5, NEW]):
+        np.testing.assert_array_equal(cut.tokens[i, :k], free_s.tokens[i, :k])
+    with pytest.raises(ValueError, match="limits must be one value in 1..10"):
+        ours(model, params, prompts, limits=[0, 1, 1])
+    with pytest.raises(ValueError, match="limits must be one value"):
+        ours(model, params, prompts, limits=[1, 1])
+    with pytest.raises(ValueError, match="beam search"):
+        ours(model, params, prompts, decoding.DecodeConfig("beam", NEW, num_beams=2), limits=[1, 1, 1])
+
+
 def test_sampling_top_k_1_is_greedy_and_seeded(models, prompts):
     _, model, params = models
     greedy = ours(model, params, prompts).tokens
