@@ -301,9 +301,12 @@ def get_bench(data_dir: str | os.PathLike | None = None, split: str | None = Non
 # Training input.
 
 
-def training_rates(bench: Bench, mixture: str = TRAIN_MIXTURE,
-                   config: mx.MixtureConfig | None = None) -> tuple[mx.MixtureRates, list[str]]:
+def training_rates(bench: Bench, mixture: str = TRAIN_MIXTURE, config: mx.MixtureConfig | None = None, *,
+                   counts: Mapping[str, int] | None = None) -> tuple[mx.MixtureRates, list[str]]:
     """Mixing rates of a training mixture and the tasks left out for having no training examples on disk.
+
+    ``counts``: each task's number of training instances (`Bench.train_examples`) when already known (the
+    token cache's manifest), so that no example is loaded.
 
     Refuses (ValueError naming the task) an evaluation-only task in any mixture, and a task of a held-out
     category except in the "Max" mixture, which deliberately trains on held-out evaluation tasks.
@@ -322,13 +325,16 @@ def training_rates(bench: Bench, mixture: str = TRAIN_MIXTURE,
     sizes: dict[str, mx.TaskSize] = {}
     skipped: list[str] = []
     for name in names:
-        exs = train_pool(bench, name, config)
-        if not exs:
+        if counts is None:
+            num = len(train_pool(bench, name, config))
+        else:
+            num = min(counts[name], config.max_instances_per_task or counts[name])
+        if not num:
             skipped.append(name)
             continue
         info = bench.catalogue[name]
         use_catalogue = config.size_source == "catalogue" and info.num_instances > 0
-        size = info.num_instances if use_catalogue else len(exs)
+        size = info.num_instances if use_catalogue else num
         if config.max_instances_per_task is not None:
             size = min(size, config.max_instances_per_task)
         sizes[name] = mx.TaskSize(info.benchmark, size)

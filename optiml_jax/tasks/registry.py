@@ -3,8 +3,13 @@
 Registered names (``<task>`` is the catalogue name; characters seqio rejects become ``:<hex code>:``,
 e.g. "-" -> ":2d:"):
 
-- ``optiml.<task>``: one seqio.Task per catalogued task, FunctionDataSource over its rendered 0-shot prompts;
-  splits "train" (training instances) and "validation" / "test" where the split definition evaluates it.
+- ``optiml.<task>``: one seqio.Task per catalogued task, the definition of record of what is trained on. Its
+  "train" split yields the token cache's record features of every training instance (`cache.task_records`:
+  ``definition`` / ``inputs`` / ``targets`` token ids, ``needs_delimiter``, ``pretraining``, and the ``id`` /
+  ``body`` / ``target_text`` strings MetaICL demonstrations are rendered from); the training stream draws the
+  delimiter and demonstrations per position from them (`loader.compose`). "validation" / "test" (where the
+  split definition evaluates the task) yield rendered 0-shot prompts as strings. A user's own seqio Task
+  (token ``inputs`` / ``targets``) joins a mixture by name with ``mixture_config.extra_tasks``.
 - ``optiml.<task>.<k>shot`` for every evaluation task and k in `EVAL_SHOTS_REGISTERED`: k-shot prompts.
 - ``optiml_train`` (the split's training tasks) and ``optiml_max_train`` (all tasks, the "Max" variant): one
   seqio.Task each whose source is the pre-mixed, index-based stream of `pipeline.TrainInput` (already
@@ -36,6 +41,7 @@ PREFIX = "optiml."
 EVAL_SHOTS_REGISTERED: tuple[int, ...] = (0, 5)
 TRAINING_MIXTURES: tuple[str, ...] = (pipeline.TRAIN_MIXTURE, pipeline.MAX_TRAIN_MIXTURE)
 _registered: dict[str, Any] = {}
+_registered_with: list[Any] = []   # [bench, vocab] of the last register_all
 
 
 def seqio_name(task_name: str, num_shots: int | None = None) -> str:
@@ -123,17 +129,53 @@ def _string_dataset(prompted):
     })
 
 
-def _task_dataset_fn(bench: pipeline.Bench, name: str, num_shots: int):
+def records_dataset(records: Sequence[dict]):
+    """tf.data of record features (`cache.RECORD_FEATURES`): token lists become int32 vectors."""
+    import numpy as np
+    import tensorflow as tf
+
+    def ragged(key: str):
+        vals = [np.asarray(r[key], np.int32) for r in records]
+        flat = np.concatenate(vals) if vals else np.zeros(0, np.int32)
+        return tf.RaggedTensor.from_row_lengths(flat, np.asarray([len(v) for v in vals], np.int64))
+
+    def strings(key: str):
+        return tf.constant([r[key] for r in records], tf.string, shape=[len(records)])
+
+    return tf.data.Dataset.from_tensor_slices({
+        "id": strings("id"), "body": strings("body"), "target_text": strings("target_text"),
+        "definition": ragged("definition"), "inputs": ragged("inputs"), "targets": ragged("targets"),
+        "needs_delimiter": tf.constant([bool(r["needs_delimiter"]) for r in records], tf.bool, shape=[len(records)]),
+        "pretraining": tf.constant([bool(r["pretraining"]) for r in records], tf.bool, shape=[len(records)]),
+    })
+
+
+def _tokenize_strings(dataset, output_features):
+    """seqio's tokenize for the output features that are still strings (token features pass through)."""
+    import seqio
+    import tensorflow as tf
+
+    def fn(features):
+        out = dict(features)
+        for key, feature in output_features.items():
+            if key in out and out[key].dtype == tf.string:
+                out[key] = feature.vocabulary.encode_tf(out[key])
+        return out
+
+    return seqio.map_over_dataset(fn)(dataset)
+
+
+def _task_dataset_fn(bench: pipeline.Bench, name: str, num_shots: int, vocab):
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None):
         del shuffle_files  # in-memory source
         if split == "train":
-            info = bench.info(name)
-            from optiml_jax.tasks import prompts
+            # The training instances as the token cache stores them (`cache.task_records`): the stream's
+            # delimiter and MetaICL demonstrations are drawn per stream position from these features
+            # (`loader.compose`), so the cache of this split trains exactly like `pipeline.TrainInput`.
+            from optiml_jax.tasks import cache
 
-            exs = bench.train_examples(name)
-            prompted = [prompts.render_eval(info, e, [], num_shots=0, seed=seed or 0) for e in exs]
-        else:
-            prompted = pipeline.eval_examples(name, split=split, num_shots=num_shots, seed=seed or 0, bench=bench)
+            return records_dataset(list(cache.task_records(bench, name, vocab)))
+        prompted = pipeline.eval_examples(name, split=split, num_shots=num_shots, seed=seed or 0, bench=bench)
         return _string_dataset(prompted)
 
     return dataset_fn
@@ -212,12 +254,13 @@ def register_all(data_dir: str | None = None, split: str | None = None, *, vocab
     tokenize = [seqio.preprocessors.tokenize]
     for name, info in sorted(bench.catalogue.items()):
         splits = ["train"] + eval_splits[name]
-        add_task(seqio_name(name), seqio.FunctionDataSource(_task_dataset_fn(bench, name, 0), splits=splits),
-                 _metric_fns(info), tokenize)
+        # The "train" split is already tokenised (record features); evaluation splits are strings.
+        add_task(seqio_name(name), seqio.FunctionDataSource(_task_dataset_fn(bench, name, 0, vocab), splits=splits),
+                 _metric_fns(info), [_tokenize_strings])
         if eval_splits[name]:
             for k in shots:
                 add_task(seqio_name(name, k),
-                         seqio.FunctionDataSource(_task_dataset_fn(bench, name, k), splits=eval_splits[name]),
+                         seqio.FunctionDataSource(_task_dataset_fn(bench, name, k, vocab), splits=eval_splits[name]),
                          _metric_fns(info), tokenize)
     for mixture in TRAINING_MIXTURES:
         add_task(mixture, _make_stream_source(bench, mixture, vocab, seq_len, mixture_config), [], [],
@@ -245,8 +288,17 @@ def register_all(data_dir: str | None = None, split: str | None = None, *, vocab
             bbh_members.setdefault(BBH_MIXTURE, []).append(member)
     for mix, members in bbh_members.items():
         _registered[mix] = seqio.MixtureRegistry.add(mix, sorted(members), default_rate=1.0)
+    _registered_with[:] = [bench, vocab]
     logger.info("registered %d seqio tasks and mixtures (split %s)", len(_registered), bench.split_name)
     return list(_registered)
+
+
+def ensure_registered(bench: pipeline.Bench, vocab, task_name: str) -> str:
+    """The seqio name of a catalogued task, registering the bench with ``vocab`` first unless the last
+    `register_all` used this very bench and an equal vocabulary (the token cache reads these Tasks)."""
+    if not _registered_with or _registered_with[0] is not bench or _registered_with[1] != vocab:
+        register_all(bench=bench, vocab=vocab, force=True)
+    return seqio_name(task_name)
 
 
 def unregister_all() -> None:
@@ -257,6 +309,7 @@ def unregister_all() -> None:
         seqio.TaskRegistry.remove(name)
         seqio.MixtureRegistry.remove(name)
         del _registered[name]
+    _registered_with.clear()
 
 
 def registered_names() -> list[str]:
