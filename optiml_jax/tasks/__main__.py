@@ -2,9 +2,11 @@
 
     python -m optiml_jax.tasks --report [--data_dir D] [--split S] [--eps N] [--max_tasks K]
     python -m optiml_jax.tasks leakage [--threshold 0.01] [--out FILE] [--data_dir D] [--split S]
+    python -m optiml_jax.tasks synth --tasks N --examples_per_task M --out DIR [--seed S] [--force]
 
 `leakage` audits the bench without its current decisions and writes the decisions TSV (default
 tasks/leakage_decisions.tsv, which every training mixture applies; see optiml_jax/tasks/leakage.py).
+`synth` writes a synthetic benchmark of any size as a data dir plus DIR/synth.gin (optiml_jax/tasks/synth.py).
 """
 from __future__ import annotations
 
@@ -141,11 +143,29 @@ def _leakage(args) -> int:
     return 0
 
 
+def _synth(args) -> int:
+    from optiml_jax.tasks import synth
+
+    missing = [f"--{k}" for k in ("tasks", "examples_per_task", "out") if getattr(args, k) is None]
+    try:
+        if missing:
+            raise synth.SynthError(f"synth needs {', '.join(missing)}")
+        manifest = synth.write_synth_bench(args.out, num_tasks=args.tasks, examples_per_task=args.examples_per_task,
+                                           seed=args.seed, force=args.force)
+    except synth.SynthError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(manifest))
+    print(f"wrote {args.out}; train on it with OPTIML_DATA_DIR={args.out} python -m optiml_jax.train "
+          f"--gin_file=gin/train/tiny_cpu.gin --gin_file={args.out}/{synth.GIN_FILE}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m optiml_jax.tasks``."""
     parser = argparse.ArgumentParser(prog="python -m optiml_jax.tasks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", choices=["report", "leakage"], default=None)
+    parser.add_argument("command", nargs="?", choices=["report", "leakage", "synth"], default=None)
     parser.add_argument("--report", action="store_true", help="print the benchmark table and mixture rates")
     parser.add_argument("--data_dir", default=None, help="real data dir (default: $OPTIML_DATA_DIR)")
     parser.add_argument("--split", default=None, help="split definition (default: optiml with data, else embedded)")
@@ -155,7 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=leakage.DEFAULT_THRESHOLD)
     parser.add_argument("--out", default=None, help="decisions TSV to write (default: leakage.decisions_path(), "
                         "tasks/leakage_decisions.tsv or $OPTIML_LEAKAGE_DECISIONS)")
+    parser.add_argument("--tasks", type=int, default=None, help="synth: number of tasks")
+    parser.add_argument("--examples_per_task", type=int, default=None, help="synth: instances per task")
+    parser.add_argument("--seed", type=int, default=0, help="synth: seed of the generated instances")
+    parser.add_argument("--force", action="store_true", help="synth: replace a synthetic bench in --out")
     args = parser.parse_args(argv)
+    if args.command == "synth":
+        return _synth(args)
     if args.command == "leakage":
         if not 0 <= args.threshold < 1:
             parser.error(f"--threshold must be in [0, 1), got {args.threshold}")
