@@ -322,7 +322,11 @@ class Trainer:
 
     def train_step(self, state: TrainState, local_batch: Mapping[str, np.ndarray]) -> tuple[TrainState, dict]:
         """One optimizer update on the global batch; ``state`` is donated. Returns device metrics (not synced)."""
-        return self._call_jitted(self._train_step, state, self.global_batch(local_batch))
+        return self.train_step_global(state, self.global_batch(local_batch))
+
+    def train_step_global(self, state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict]:
+        """`train_step` on a batch `global_batch` already put on the devices (ahead of time, `input_feed`)."""
+        return self._call_jitted(self._train_step, state, batch)
 
     def compile_train_step(self, local_batch: Mapping[str, np.ndarray]) -> Any:
         """The train step compiled for this batch's shapes against the abstract state (nothing allocated);
