@@ -34,7 +34,7 @@ NON_RESULT_BINDINGS = ("MODEL_DIR", "train.model_dir", "train.progress_bar", "tr
                        "train.eval_every", "train.heldout_max_batches", "train.heldout_max_examples_per_task",
                        "train.export_final", "train.start_over_if_damaged", "train.checkpoint", "train.partition",
                        "train.distributed", "CheckpointConfig.", "PartitionConfig.", "DistributedConfig.",
-                       "train.inloop_eval", "InLoopEval.")
+                       "train.inloop_eval", "InLoopEval.", "train.prefetch")
 
 
 def claim(model_dir: pathlib.Path, is_main: bool) -> run_lock.RunLock | None:
