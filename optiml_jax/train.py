@@ -6,8 +6,10 @@ T5X conventions: the gin files set the macros ``MODEL_DIR``, ``TRAIN_STEPS``, ``
 The run writes into ``MODEL_DIR``:
 
 * ``metrics.jsonl``: one JSON line per step ``{"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu",
-  "examples": {benchmark: n}}`` and one per validation ``{"step", "heldout_loss"}`` (appended; a resumed run
-  repeats the steps after its checkpoint, and the later line wins);
+  "examples": {benchmark: n}, "input_wait_s"}`` (``examples``: this process's rows of the step's batch, the whole
+  batch on one process; ``input_wait_s``: how long the step waited for its batch), one per validation
+  ``{"step", "heldout_loss"}`` and, at every checkpoint and at the end, ``{"step", "examples_seen"}`` (all
+  processes, cumulative) (appended; a resumed run repeats the steps after its checkpoint, and the later line wins);
 * ``tb/``: TensorBoard event files with the same scalars;
 * ``checkpoints/<step>/``: training checkpoints (state + input position), resumed from automatically;
 * ``final/``: the exported model (config.json + params/ + tokenizer/) that `optiml_jax.load_model` reads;
@@ -17,6 +19,11 @@ The run writes into ``MODEL_DIR``:
 
 SIGTERM or SIGINT finishes the current step, saves a checkpoint there and exits with status 75; rerunning the same
 command continues exactly where it stopped (docs/faults.md lists every fault and what the run does).
+
+The device never waits for the host: batches are packed and put on the devices ``train.prefetch`` steps ahead
+(`optiml_jax.input_feed`), and a step's metrics are read while the next step runs, so a non-finite loss stops the
+run one step after the step that produced it (nothing is saved after that step: metrics are always read before
+an evaluation or a checkpoint). Per-benchmark counts are summed over processes only at checkpoints and the end.
 """
 from __future__ import annotations
 
@@ -35,7 +42,7 @@ from typing import Any
 import gin
 
 from optiml_jax import checkpoints as ckpt_lib
-from optiml_jax import errors, gin_utils, partitioning, preemption, run_dir
+from optiml_jax import errors, gin_utils, input_feed, partitioning, preemption, run_dir
 from optiml_jax import inloop_eval as inloop_lib
 from optiml_jax import trainer as trainer_lib
 from optiml_jax.models import configs as model_configs  # registers the `model_config` configurable
@@ -67,9 +74,11 @@ def train(
     mixture: str = "optiml_train",
     mixture_config: Any = None,
     packing_window: int = 16,
+    prefetch: int = 2,
     data_dir: str | None = None,
     split: str | None = None,
     tokenizer_dir: str | None = None,
+    cache_dir: str | None = None,
     partition: partitioning.PartitionConfig = partitioning.PartitionConfig(),
     checkpoint: ckpt_lib.CheckpointConfig = ckpt_lib.CheckpointConfig(),
     distributed: partitioning.DistributedConfig = partitioning.DistributedConfig(),
@@ -97,8 +106,12 @@ def train(
       seed: data order, dropout and (from scratch) initialisation.
       mixture, mixture_config, split: the training mixture (see optiml_jax.tasks.pipeline.TrainInput).
       packing_window: look-ahead of the first-fit packer (1 = in-order packing); part of the resume state.
+      prefetch: batches packed and put on the devices ahead of the step by a background thread (0: in the loop,
+        as before the input feed); results do not depend on it.
       data_dir: the real data folder; None uses $OPTIML_DATA_DIR, else the embedded suite.
       tokenizer_dir: tokenizer folder; None uses INIT_CHECKPOINT's tokenizer/, else GPT-2's vocabulary.
+      cache_dir: the token cache to read (`python -m optiml_jax.tasks cache`; refused when stale); None builds
+        or refreshes one under $OPTIML_CACHE_DIR (default ~/.cache/optiml_jax/token_cache) by itself.
       partition: mesh shape and logical axis rules; checkpoint: save schedule; distributed: multi-host set-up.
       eval_every: held-out loss every this many steps (and at start and end); <= 0 only at start and end.
       heldout_max_examples_per_task, heldout_max_batches: size of the held-out loss set.
@@ -122,6 +135,8 @@ def train(
     from optiml_jax.models import convert
 
     _validate_args(model_dir, train_steps, batch_size, seq_len, model)
+    if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
+        raise gin_utils.GinUsageError(f"train.prefetch must be an integer >= 0 (batches ahead), got {prefetch!r}")
     model_dir_p = pathlib.Path(model_dir).expanduser().absolute()
     if init_checkpoint:
         ckpt_lib.check_model_checkpoint_dir(init_checkpoint)
@@ -142,23 +157,23 @@ def train(
             model_dir_p=model_dir_p, is_main=is_main, train_steps=train_steps, batch_size=batch_size,
             seq_len=seq_len, model=model, init_checkpoint=init_checkpoint, optimizer=optimizer,
             num_microbatches=num_microbatches, seed=seed, mixture=mixture, mixture_config=mixture_config,
-            packing_window=packing_window, data_dir=data_dir, split=split, tokenizer_dir=tokenizer_dir,
-            partition=partition, checkpoint=checkpoint, eval_every=eval_every,
+            packing_window=packing_window, prefetch=prefetch, data_dir=data_dir, split=split,
+            tokenizer_dir=tokenizer_dir, partition=partition, checkpoint=checkpoint, eval_every=eval_every,
             heldout_max_examples_per_task=heldout_max_examples_per_task, heldout_max_batches=heldout_max_batches,
             inloop_eval=inloop_eval,
             peak_flops_per_device=peak_flops_per_device, export_final=export_final, progress_bar=progress_bar,
-            start_over_if_damaged=start_over_if_damaged)
+            start_over_if_damaged=start_over_if_damaged, cache_dir=cache_dir)
 
 
 def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_size: int, seq_len: int,
            model: model_configs.OPTConfig, init_checkpoint: str | None, optimizer: trainer_lib.OptimizerConfig,
            num_microbatches: int, seed: int, mixture: str, mixture_config: Any, packing_window: int,
-           data_dir: str | None, split: str | None, tokenizer_dir: str | None,
+           prefetch: int, data_dir: str | None, split: str | None, tokenizer_dir: str | None,
            partition: partitioning.PartitionConfig, checkpoint: ckpt_lib.CheckpointConfig, eval_every: int,
            heldout_max_examples_per_task: int, heldout_max_batches: int | None,
            inloop_eval: inloop_lib.InLoopEval | None,
            peak_flops_per_device: float | None, export_final: bool, progress_bar: bool,
-           start_over_if_damaged: bool) -> dict[str, Any]:
+           start_over_if_damaged: bool, cache_dir: str | None = None) -> dict[str, Any]:
     """The training run proper, once MODEL_DIR is this process's to write (see `train`)."""
     import jax
 
@@ -193,10 +208,17 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
         mesh, partition.logical_axis_rules, global_batch_size=batch_size, seq_len=seq_len)
     shard = partitioning.host_shard(mesh, batch_size)
 
-    data = pipeline.TrainInput(
+    # The token cache (built here when missing: each process builds its share of the tasks, then all wait).
+    from jax.experimental import multihost_utils
+
+    from optiml_jax.tasks import loader
+
+    data = loader.CachedTrainInput(
         mixture, vocab=vocab, batch_size=shard.local_batch_size, seq_len=seq_len, seed=seed,
         shard_index=shard.shard_index, num_shards=shard.num_shards, data_dir=data_dir, split=split,
-        mixture_config=mixture_config, packing_window=packing_window, log_truncation=True)
+        mixture_config=mixture_config, packing_window=packing_window, log_truncation=True, cache_dir=cache_dir,
+        host_index=jax.process_index(), num_hosts=jax.process_count(),
+        barrier=(lambda: multihost_utils.sync_global_devices("token_cache")) if jax.process_count() > 1 else None)
     heldout = _heldout_rows(pipeline, vocab, batch_size, seq_len, data_dir, split, heldout_max_examples_per_task,
                             heldout_max_batches, seed, shard)
     # Planned and rendered once, before the loop; evaluated with the live (sharded) training parameters.
@@ -257,6 +279,12 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
         summary: dict[str, Any] = {"start_step": start_step}
         stop = preemption.Preemption().install()
         cleanup.callback(stop.uninstall)
+        # Batches are packed and put on the devices `prefetch` steps ahead; each carries the input position after
+        # it, which is what a checkpoint after its step stores (prefetched, unconsumed batches are produced again).
+        feed = input_feed.InputFeed(data, put=trainer.global_batch, depth=prefetch, snapshot=lambda host: (
+            trainer_lib.examples_per_benchmark(host, data.task_names, data.task_benchmark),
+            data.truncation_counts()))   # this host's, cumulative (see TrainInput)
+        cleanup.callback(feed.close)
         if heldout:
             summary["first_heldout_loss"] = _log_heldout(trainer, state, heldout, start_step, writer, is_main)
         bar = _progress(train_steps, start_step, enabled=is_main and progress_bar)
@@ -264,59 +292,84 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
             cleanup.callback(bar.close)
         tokens_per_step = batch_size * seq_len
         benchmarks = sorted(set(data.task_benchmark.values()))
-        last_loss = float("nan")
-        timer.start()
-        for step in range(start_step, train_steps):
-            local = next(data)
-            state, metrics = trainer.train_step(state, local)
-            loss = float(metrics["loss"])  # syncs: the step is done
+        unsynced: dict[str, int] = {}   # this process's examples per benchmark since the last sum over processes
+        pending: list[tuple[int, input_feed.FedBatch, Any]] = []   # the step dispatched but not read yet
+        last: dict[str, Any] = {"loss": float("nan"), "synced": None}
+
+        def settle() -> None:
+            """Reads the pending step's metrics (waiting for that step only), checks its loss, logs its line."""
+            if not pending:
+                return
+            done_step, fed, metrics = pending.pop()
+            m = jax.device_get(metrics)
+            loss = float(m["loss"])
             if not math.isfinite(loss):
-                raise trainer_lib.NonFiniteLossError(step + 1, loss, trainer_lib.batch_task_names(
-                    local, data.task_names))
-            counts = trainer_lib.examples_per_benchmark(local, data.task_names, data.task_benchmark)
-            counts = _sum_over_processes(counts, benchmarks)
-            for k, v in counts.items():
-                examples_seen[k] = examples_seen.get(k, 0) + v
+                raise trainer_lib.NonFiniteLossError(done_step, loss, trainer_lib.batch_task_names(
+                    fed.host, data.task_names))
             t = timer.lap(tokens_per_step)
-            if step == start_step:  # the first step includes compilation
+            if done_step == start_step + 1:  # the first step includes compilation
                 t["tokens_per_s"], t["mfu"] = float("nan"), float("nan")
-            last_loss = loss
-            line = {"step": step + 1, "loss": loss, "lr": float(metrics["lr"]),
-                    "grad_norm": float(metrics["grad_norm"]), "tokens_per_s": t["tokens_per_s"],
-                    "mfu": t["mfu"], "target_tokens": float(metrics["target_tokens"]), "examples": counts,
-                    "truncation": data.truncation_counts()}   # this host's, cumulative (see TrainInput)
-            writer.write(line)
+            counts, truncation = fed.snapshot
+            for k, v in counts.items():
+                unsynced[k] = unsynced.get(k, 0) + v
+            last["loss"] = loss
+            writer.write({"step": done_step, "loss": loss, "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
+                          "tokens_per_s": t["tokens_per_s"], "mfu": t["mfu"],
+                          "target_tokens": float(m["target_tokens"]), "examples": counts, "truncation": truncation,
+                          "input_wait_s": fed.wait_s})
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+        def sync_examples(step: int) -> None:
+            # A collective on several processes: called at steps every process agrees on (saves, the end).
+            if last["synced"] == step:
+                return
+            for k, v in _sum_over_processes(unsynced, benchmarks).items():
+                examples_seen[k] = examples_seen.get(k, 0) + v
+            unsynced.clear()
+            last["synced"] = step
+            writer.write({"step": step, "examples_seen": dict(sorted(examples_seen.items()))})
+
+        timer.start()
+        for step in range(start_step, train_steps):
+            fed = next(feed)
+            state, metrics = trainer.train_step_global(state, fed.device)
+            settle()  # the previous step's metrics, read while this one runs
             done = step + 1
-            paused = False
-            if heldout and eval_every > 0 and done % eval_every == 0 and done != train_steps:
-                _log_heldout(trainer, state, heldout, done, writer, is_main)
-                paused = True
-            if inloop is not None and inloop_eval.due(done, train_steps) and done != train_steps:
-                writer.write(inloop(state.params, done))
-                paused = True
+            pending.append((done, fed, metrics))
+            due_heldout = bool(heldout) and eval_every > 0 and done % eval_every == 0 and done != train_steps
+            due_inloop = inloop is not None and inloop_eval.due(done, train_steps) and done != train_steps
             preempted = stop.should_stop(done)
-            if checkpointer.should_save(done, train_steps) or preempted:
-                checkpointer.save(done, state, {"inputs": _all_input_states(data), "examples_seen": examples_seen},
-                                  run=run_record)
-                paused = True
+            due_save = checkpointer.should_save(done, train_steps) or preempted
+            if not (due_heldout or due_inloop or due_save):
+                continue
+            settle()  # a step is checked before anything is evaluated or saved after it
+            if due_heldout:
+                _log_heldout(trainer, state, heldout, done, writer, is_main)
+            if due_inloop:
+                writer.write(inloop(state.params, done))
+            if due_save:
+                sync_examples(done)
+                checkpointer.save(done, state, {"inputs": _all_input_states(fed.input_state),
+                                                "examples_seen": examples_seen}, run=run_record)
             if preempted:
                 checkpointer.wait()
-                summary.update(final_step=done, last_loss=last_loss, examples_seen=examples_seen,
+                summary.update(final_step=done, last_loss=last["loss"], examples_seen=examples_seen,
                                preempted={"signal": stop.signal_name, "step": done})
                 _print(is_main, f"{stop.signal_name}: stopped after step {done}; checkpoint saved to "
                                 f"{checkpointer.directory}/{done}. Rerun the same command to continue.")
                 return summary
-            if paused:  # throughput counts training only, not evaluation or checkpoint writes
-                timer.start()
+            timer.start()  # throughput counts training only, not evaluation or checkpoint writes
+        settle()
+        feed.close()
         if bar is not None:
             bar.close()
         stop.uninstall()  # past the last step a signal needs no checkpoint: the default behaviour comes back
         checkpointer.wait()
         final_step = int(jax.device_get(state.step))
-        summary.update(final_step=final_step, last_loss=last_loss, examples_seen=examples_seen)
+        sync_examples(final_step)
+        summary.update(final_step=final_step, last_loss=last["loss"], examples_seen=examples_seen)
         if heldout:
             summary["last_heldout_loss"] = _log_heldout(trainer, state, heldout, final_step, writer, is_main)
         if inloop is not None:
@@ -372,6 +425,10 @@ def _validate_args(model_dir, train_steps, batch_size, seq_len, model) -> None:
     if seq_len > model.max_position_embeddings:
         raise gin_utils.GinUsageError(
             f"train.seq_len={seq_len} exceeds the model's max_position_embeddings={model.max_position_embeddings}")
+    if model.attention_kernel in model_configs.UNPACKED_ONLY_ATTENTION_KERNELS:
+        raise gin_utils.GinUsageError(
+            f"model_config.attention_kernel={model.attention_kernel!r} cannot express packed rows (several examples "
+            "in one row), and training batches are packed; use 'pallas' (GPU), 'splash' (TPU) or 'xla'")
 
 
 def _check_init_config(stored: model_configs.OPTConfig, wanted: model_configs.OPTConfig, path: str) -> None:
@@ -415,15 +472,14 @@ def _log_heldout(trainer, state, heldout, step, writer, is_main) -> float:
     return loss
 
 
-def _all_input_states(data) -> list[dict]:
-    """Every process's input position, in process order (each host reads its own shard of the stream).
+def _all_input_states(state: dict) -> list[dict]:
+    """Every process's input position (``state``: this one's), in process order (each host reads its own shard).
 
     The checkpoint's JSON item is written by process 0 alone, so the other processes' positions travel to it
     with JAX's own allgather (as JSON bytes, padded to the longest).
     """
     import jax
 
-    state = data.state()
     if jax.process_count() == 1:
         return [state]
     import numpy as np
