@@ -27,8 +27,9 @@ def _register_on_import() -> None:
 
 def import_configurables() -> None:
     """Imports every task-layer module that declares gin configurables (data_dir, the splits, mixture_config,
-    leakage_decisions). Entry points call it before parsing gin: gin refuses new configurables once locked."""
-    from optiml_jax.tasks import catalogue, leakage, mixtures, splits  # noqa: F401
+    leakage_decisions, the embedded tokenizer). Entry points call it before parsing gin: gin refuses new
+    configurables once locked."""
+    from optiml_jax.tasks import catalogue, embedded_vocab, leakage, mixtures, splits  # noqa: F401
 
 
 _register_on_import()
