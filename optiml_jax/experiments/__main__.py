@@ -19,13 +19,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 
 import gin
 
 from optiml_jax import errors, gin_utils, partitioning
-from optiml_jax import train as _train
+from optiml_jax import train as _train  # noqa: F401  (registers optiml_jax.PartitionConfig before gin parses)
 from optiml_jax.experiments import definitions as defs
 from optiml_jax.experiments import runner
 from optiml_jax.tasks.schema import LEVELS

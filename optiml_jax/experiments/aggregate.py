@@ -18,8 +18,8 @@ paired as those of two models in `reports.gain_intervals` are.
 """
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -10,8 +10,8 @@ A point without a finished run is marked "n/a" at the bottom, never drawn as 0.
 from __future__ import annotations
 
 import os
-from typing import Any
 from collections.abc import Mapping
+from typing import Any
 
 import matplotlib
 

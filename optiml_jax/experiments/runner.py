@@ -28,8 +28,8 @@ import logging
 import os
 import pathlib
 import time
-from typing import Any
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -391,6 +391,8 @@ def collect(settings: Settings, definition: Any, points: Sequence[defs.Point],
                                "zero_shot_share": mix[0]["zero_shot_share"],
                                "benchmark_share": mix[0]["benchmark_share"]}
             meta["seeds"] = [r.seed for r in trained]
+            markers = [run_dir(settings, r.train_key) / TRAIN_MARKER for r in trained]
+            meta["train_seconds"] = [_read_json(m).get("seconds") for m in markers if m.exists()]
             meta["instructions"] = trained[0].instructions
             if trained[0].instructions in changed:
                 meta["changed_prompts"] = list(changed[trained[0].instructions])
