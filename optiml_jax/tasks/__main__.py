@@ -3,9 +3,11 @@
     python -m optiml_jax.tasks --report [--data_dir D] [--split S] [--eps N] [--max_tasks K]
     python -m optiml_jax.tasks leakage [--threshold 0.01] [--out FILE] [--data_dir D] [--split S]
     python -m optiml_jax.tasks synth --tasks N --examples_per_task M --out DIR [--seed S] [--force]
+    python -m optiml_jax.tasks cache --mixture NAME [--data_dir D] [--split S] --out CACHE_DIR [--workers N]
 
 `leakage` audits the bench without its current decisions and writes the decisions TSV (default
 tasks/leakage_decisions.tsv, which every training mixture applies; see optiml_jax/tasks/leakage.py).
+`cache` tokenises every task of a mixture once into a token cache (optiml_jax/tasks/cache_cli.py).
 `synth` writes a synthetic benchmark of any size as a data dir plus DIR/synth.gin (optiml_jax/tasks/synth.py).
 """
 from __future__ import annotations
@@ -163,6 +165,11 @@ def _synth(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m optiml_jax.tasks``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["cache"]:   # its own flags (optiml_jax/tasks/cache_cli.py)
+        from optiml_jax.tasks import cache_cli
+
+        return cache_cli.run(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m optiml_jax.tasks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", choices=["report", "leakage", "synth"], default=None)
