@@ -6,12 +6,13 @@ on accelerators, at tiny shapes because the interpreter is slow. "cudnn" runs th
 """
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from optiml_jax import gin_utils, train
+from optiml_jax import gin_utils, partitioning, train
 from optiml_jax.models import attention
 from optiml_jax.models.configs import ATTENTION_KERNELS, get_config
 from optiml_jax.models.opt import OPTForCausalLM
@@ -229,3 +230,23 @@ def test_training_refuses_cudnn(tmp_path):
     with pytest.raises(gin_utils.GinUsageError, match="attention_kernel='cudnn' cannot express packed rows"):
         train._validate_args(str(tmp_path / "run"), 10, 2, 64, cfg)
     train._validate_args(str(tmp_path / "run"), 10, 2, 64, cfg.replace(attention_kernel="pallas"))
+
+
+def test_fused_kernel_under_a_mesh_runs_per_device_and_equals_xla():
+    # data=2 x model=2: each device gets one batch row and two of the four heads (shard_map), not the whole
+    # batch gathered around an unpartitionable custom call.
+    seg = jnp.asarray(_packed_segments(2, 24))
+    ids = jnp.asarray(np.random.default_rng(3).integers(3, 128, (2, 24)), jnp.int32)
+    params = _tiny("xla").init_params(jax.random.PRNGKey(0))
+    ref = _tiny("xla").apply({"params": params}, ids, segment_ids=seg)
+    model = _tiny("pallas")
+    mesh = partitioning.create_mesh({"data": 2, "fsdp": 1, "model": 2}, jax.devices()[:4])
+    with jax.set_mesh(mesh), nn.logical_axis_rules(list(partitioning.DEFAULT_LOGICAL_AXIS_RULES)):
+        fn = jax.jit(lambda p, i, s: model.apply({"params": p}, i, segment_ids=s))
+        out = fn(params, ids, seg)
+        assert "sdy.manual_computation" in fn.lower(params, ids, seg).as_text()  # the shard_map
+        rules = [("length", "model")] + [r for r in partitioning.DEFAULT_LOGICAL_AXIS_RULES if r[0] != "length"]
+        with nn.logical_axis_rules(rules), pytest.raises(ValueError, match="need whole sequences"):
+            # A fresh function: jit's trace cache does not know the axis rules changed.
+            jax.eval_shape(lambda p, i, s: model.apply({"params": p}, i, segment_ids=s), params, ids, seg)
+    assert _max_diff(out, ref) < FWD_TOL

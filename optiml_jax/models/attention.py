@@ -30,6 +30,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -218,26 +219,48 @@ def cudnn_attention(query: jax.Array, key: jax.Array, value: jax.Array, segment_
     return jnp.where(supported[:, None, None, None], out, jnp.full((), jnp.nan, out.dtype))
 
 
+def _kernel_for_backend(kernel: str, backend: str, dtype: Any) -> Callable[..., jax.Array]:
+    if kernel == "pallas":
+        if backend == "tpu":
+            raise ValueError("attention_kernel='pallas' is the GPU (Triton) kernel; on TPU use 'splash'")
+        return functools.partial(pallas_attention, interpret=backend != "gpu")
+    if kernel == "splash":
+        if backend == "gpu":
+            raise ValueError("attention_kernel='splash' is the TPU kernel; on GPU use 'pallas' or 'cudnn'")
+        return functools.partial(splash_attention, interpret=backend != "tpu")
+    if kernel == "cudnn":
+        if backend == "gpu" and dtype == jnp.float32:
+            raise ValueError("attention_kernel='cudnn' needs dtype 'bfloat16' or 'float16' on GPU (cuDNN's fused "
+                             "attention has no float32 kernel); use 'pallas' or 'xla' for float32")
+        return functools.partial(cudnn_attention, implementation="cudnn" if backend == "gpu" else "xla")
+    raise ValueError(f"unknown fused attention kernel {kernel!r}; expected one of {FUSED_KERNELS}")
+
+
+def _per_device(fn: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """``fn`` run on each device's shard under the active mesh (`jax.set_mesh`) and flax logical axis rules.
+
+    The SPMD partitioner cannot split a Pallas/cuDNN custom call: left to it, every device would gather the
+    whole batch and all heads. shard_map hands each device its own batch rows and heads instead, which is all
+    attention needs (sequence and head_dim must stay whole on a device).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return fn
+    qkv = nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"))
+    seg = nn.logical_to_mesh_axes(("batch", "length"))
+    if qkv[1] is not None or qkv[3] is not None:
+        raise ValueError(f"the fused attention kernels need whole sequences and heads on each device, but the "
+                         f"logical axis rules shard 'length' or 'kv' ({qkv}); use attention_kernel='xla'")
+    return jax.shard_map(fn, mesh=mesh, in_specs=(qkv, qkv, qkv, seg), out_specs=qkv, check_vma=False)
+
+
 def fused_attention(kernel: str, query: jax.Array, key: jax.Array, value: jax.Array,
                     segment_ids: jax.Array) -> jax.Array:
     """Self-attention of [B, L, H, D] (query pre-scaled) with segment ids [B, L] by one of `FUSED_KERNELS`.
 
     Picks compiled or interpreted execution from the default backend: "pallas" is compiled on GPU, "splash" on
     TPU, "cudnn" needs a GPU for implementation="cudnn"; elsewhere the CPU runs their interpreted/XLA form.
+    Under a mesh, each device attends over its own batch rows and heads (`_per_device`).
     """
-    backend = jax.default_backend()
-    if kernel == "pallas":
-        if backend == "tpu":
-            raise ValueError("attention_kernel='pallas' is the GPU (Triton) kernel; on TPU use 'splash'")
-        return pallas_attention(query, key, value, segment_ids, interpret=backend != "gpu")
-    if kernel == "splash":
-        if backend == "gpu":
-            raise ValueError("attention_kernel='splash' is the TPU kernel; on GPU use 'pallas' or 'cudnn'")
-        return splash_attention(query, key, value, segment_ids, interpret=backend != "tpu")
-    if kernel == "cudnn":
-        if backend == "gpu" and query.dtype == jnp.float32:
-            raise ValueError("attention_kernel='cudnn' needs dtype 'bfloat16' or 'float16' on GPU (cuDNN's fused "
-                             "attention has no float32 kernel); use 'pallas' or 'xla' for float32")
-        return cudnn_attention(query, key, value, segment_ids,
-                               implementation="cudnn" if backend == "gpu" else "xla")
-    raise ValueError(f"unknown fused attention kernel {kernel!r}; expected one of {FUSED_KERNELS}")
+    fn = _kernel_for_backend(kernel, jax.default_backend(), query.dtype)
+    return _per_device(fn)(query, key, value, segment_ids)
