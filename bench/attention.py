@@ -184,6 +184,22 @@ def measure(*, seq_len: int = 2048, batch: int = 1, heads: int = 32, head_dim: i
     }
 
 
+# Sizes per bench.run mode ("default" is the run recorded in bench/README.md). At lengths up to 512 splash's
+# single tile spans the whole sequence, so its block mask is then an L x L tensor too.
+SIZES_BY_MODE: dict[str, dict[str, Any]] = {
+    "default": {"seq_len": 2048, "heads": 32, "time_seq_len": 512, "repeats": 3},
+    "quick": {"seq_len": 512, "heads": 8, "time_seq_len": 128, "repeats": 2},
+    "smoke": {"seq_len": 128, "heads": 4, "time_seq_len": 64, "repeats": 1},
+}
+
+
+def measure_mode(mode: str) -> dict[str, Any]:
+    """`measure` at the sizes of a bench.run mode."""
+    if mode not in SIZES_BY_MODE:
+        raise ValueError(f"unknown bench mode {mode!r}; known: {sorted(SIZES_BY_MODE)}")
+    return measure(**SIZES_BY_MODE[mode])
+
+
 def _mib(x: Any) -> str:
     return "-" if x is None else f"{x / 2 ** 20:.1f}"
 
