@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 SCHEMA_VERSION = 1
-SECTIONS: tuple[str, ...] = ("peak", "train_step", "mfu", "memory", "packing", "decoding", "rank_classification",
-                             "engines", "scaling", "paper_scale", "gpu")
+SECTIONS: tuple[str, ...] = ("peak", "train_step", "mfu", "memory", "packing", "input", "decoding",
+                             "rank_classification", "engines", "scaling", "paper_scale", "attention", "gpu")
 TOP_LEVEL: tuple[str, ...] = ("schema_version", "mode", "machine", "settings", "sections", "targets", "errors",
                               "timings_s", "peak_rss_bytes")
 
@@ -72,6 +72,22 @@ def _render_engines(e: dict[str, Any]) -> list[str]:
     return out
 
 
+def _render_input(i: dict[str, Any]) -> list[str]:
+    p = i["produce_s_per_batch"]
+    out = ["", f"## Input wait ({i['data']}, {i['num_tasks']} tasks, {i['batch_size']} x {i['seq_len']}, {i['steps']} "
+           f"steps x {i['rounds']} rounds, round-robin)", "",
+           f"Simulated device step = mean production of one batch (pack + put, first batch left out): "
+           f"{p['mean'] * 1e3:.1f} ms (median {p['median'] * 1e3:.1f}, max {p['max'] * 1e3:.1f}, first "
+           f"{p['first'] * 1e3:.1f}); load average {i['load_average_start']} -> "
+           f"{i['load_average_end']}; same batches in every loop: {i['same_batches_in_every_loop']}.", "",
+           "| loop | input wait fraction (first batch excluded) | with the first batch | loop (s) |", "|---|---|---|---|"]
+    for r in i["rows"]:
+        name = "serial (before the feed)" if r["mode"] == "serial" else f"input feed, depth {r['depth']}"
+        out.append(f"| {name} | {r['steady_input_wait_fraction']:.3f} | {r['input_wait_fraction']:.3f} | "
+                   f"{r['loop_s']:.2f} |")
+    return out
+
+
 def render_markdown(record: dict[str, Any]) -> str:
     """A human-readable report of a benchmark record (tables per section, targets first)."""
     m, s = record["machine"], record["sections"]
@@ -131,6 +147,8 @@ def render_markdown(record: dict[str, Any]) -> str:
                 f"(pipeline/step ratio {_f(p.get('pipeline_over_train'))})",
                 f"- same segments, simulated: in-order next-fit {p['simulated_next_fit_fill']:.1%}; "
                 f"first-fit with look-ahead {ff}"]
+    if "input" in s:
+        out += _render_input(s["input"])
     if "decoding" in s:
         d = s["decoding"]
         out += ["", f"## Greedy decoding vs HF generate ({d['model']}, f32)", "",
@@ -172,6 +190,11 @@ def render_markdown(record: dict[str, Any]) -> str:
                        f"{r['memory_total_per_gpu_bytes'] / 1e9:.1f} | {_f(r['microbatches_to_fit'])} | "
                        f"{'-' if then is None else f'{then / 1e9:.1f}'} |")
         out += ["", "Assumptions:"] + [f"- {a}" for a in ps["assumptions"]]
+    if "attention" in s:
+        from bench.attention import render_markdown as render_attention
+
+        out += ["", "## Attention kernels (CPU: compiled memory, lowering for GPU/TPU, interpreter times)", ""]
+        out += render_attention(s["attention"])
     g = s.get("gpu")
     out += ["", "## GPU-only measurements", ""]
     if not g or g.get("status"):

@@ -262,3 +262,19 @@ def test_kill9_while_batches_are_prefetched_then_resume_equals_uninterrupted(unp
     assert "results-changing" not in again.stdout
     assert losses(model_dir) == losses(unprefetched)
     assert _step_lines(model_dir) == _step_lines(unprefetched)
+
+
+def test_input_wait_bench_consumes_the_same_batches_in_every_loop():
+    from bench import input as input_bench
+    from bench import report, run
+
+    rec = input_bench.measure_input_wait(seq_len=128, batch_size=2, steps=4, depths=(2,), rounds=1,
+                                         embedded=True)
+    assert rec["same_batches_in_every_loop"]   # prefetching changes what the loop waits for, never what it gets
+    assert [(r["mode"], r["depth"]) for r in rec["rows"]] == [("serial", 0), ("feed", 2)]
+    for r in rec["rows"]:
+        assert 0 <= r["steady_input_wait_fraction"] <= 1 and 0 <= r["input_wait_fraction"] <= 1
+    assert rec["input_wait_fraction"] == rec["rows"][1]["steady_input_wait_fraction"]
+    target = next(t for t in run.evaluate_targets({"input": rec}) if t["name"].startswith("input wait"))
+    assert target["met"] == (rec["input_wait_fraction"] <= 0.05)   # a ceiling: met below the threshold
+    assert "## Input wait" in "\n".join(report._render_input(rec))
