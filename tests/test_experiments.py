@@ -193,7 +193,7 @@ def test_task_subsets_reach_the_training_mixture(embedded, tmp_path):
     vocab = tokenizer.OPTVocabulary.default()
     for data in (pipeline.TrainInput(vocab=vocab, batch_size=4, seq_len=128, bench=bench, mixture_config=cfg),
                  loader.CachedTrainInput(vocab=vocab, batch_size=4, seq_len=128, bench=bench, mixture_config=cfg,
-                                         cache_dir=str(tmp_path))):
+                                         cache_dir=str(tmp_path), rebuild=True)):
         assert set(data.task_names) == set(run.mixture["tasks"])
         ids = np.concatenate([next(data)["decoder_task_ids"].ravel() for _ in range(3)])
         assert {data.task_names[i] for i in ids[ids >= 0]} == set(run.mixture["tasks"])
