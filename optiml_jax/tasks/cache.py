@@ -511,17 +511,21 @@ def ensure(p: Plan, cache_dir: str | os.PathLike | None = None, *, rebuild: bool
            progress: bool = False) -> tuple[pathlib.Path, list[TaskEntry]]:
     """Finds the cache of a plan, building what is stale or missing; returns (folder, entries).
 
-    ``cache_dir`` None: the `default_cache_dir`, built and refreshed as needed. An explicit folder is rebuilt
-    only when ``rebuild`` (default: refuse a stale one with a `CacheError` saying how to rebuild it, since
-    someone built it on purpose). With several hosts each builds its share (`host_tasks`), then ``barrier``
-    waits for all of them (the folder must be on storage every host sees).
+    ``cache_dir`` None: the `default_cache_dir`, built and refreshed as needed. In an explicit folder, tasks
+    not built yet are built (a killed build, a task added to the mixture), but stale ones are rebuilt only when
+    ``rebuild`` (default: refused with a `CacheError` saying how to rebuild them, since someone built that cache
+    on purpose). With several hosts each builds its share (`host_tasks`), then ``barrier`` waits for all of
+    them (the folder must be on storage every host sees).
     """
     folder = pathlib.Path(cache_dir).expanduser() if cache_dir else default_cache_dir(p.bench, p.mixture,
                                                                                        p.vocab_fp)
     if rebuild is None:
         rebuild = cache_dir is None
     stale = {n: why for n, why in status(folder, p).items() if why is not None}
-    if stale and rebuild:
+    changed = {n: why for n, why in stale.items() if why != "not built"}
+    if changed and not rebuild:
+        entries(folder, p)   # raises, naming the first changed task and the command that rebuilds it
+    if stale:
         first = next(iter(stale.items()))
         logger.warning("token cache %s: building %d of %d tasks (e.g. %s: %s)", folder, len(stale), len(p.tasks),
                        *first)
