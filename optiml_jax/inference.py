@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optiml_jax import candidates as candidates_lib
-from optiml_jax import decoding
+from optiml_jax import decoding, losses
 from optiml_jax.partitioning import to_host
 
 ScoreMethod = Literal["cache", "full"]
@@ -70,9 +70,11 @@ def _score_cached_impl(params, p_tokens, p_segments, p_positions, row_prompt, c_
 
 def _score_full_impl(params, tokens, segments, positions, target_mask, *, model):
     """Per-token log-likelihoods [R, L] of the tokens flagged by target_mask in left-padded rows [R, L]."""
-    logits = model.apply({"params": params}, tokens, segment_ids=segments, positions=positions)
-    logprobs = jax.nn.log_softmax(logits.astype(jnp.float32)[:, :-1])
-    nxt = jnp.take_along_axis(logprobs, tokens[:, 1:, None], axis=-1)[..., 0]
+    # The tied LM head in chunks of positions (losses.token_log_likelihoods), as the training loss: no
+    # [R, L, vocab] f32 logits.
+    hidden, embedding = model.apply({"params": params}, tokens, segment_ids=segments, positions=positions,
+                                    return_hidden=True)
+    nxt, _ = losses.token_log_likelihoods(hidden[:, :-1], embedding, tokens[:, 1:])
     return nxt * target_mask[:, 1:]
 
 
