@@ -12,6 +12,8 @@ RUNTIME = [
     "tensorflow==2.21.0",
     "tensorflow-text==2.21.1",
     "tensorflow-datasets==4.9.10",
+    "grain==0.2.18",  # the token cache's loader (random-access ArrayRecord reads, threads, prefetch)
+    "array_record",  # the token cache's shards (already a tensorflow-datasets dependency)
     "importlib_resources",  # tfds 4.9.10 needs it to build local datasets but does not declare it
     "numpy>=2.0",
     "PyYAML>=6",  # PromptSource templates.yaml (which templates invert the task)
