@@ -184,12 +184,15 @@ def measure(*, seq_len: int = 2048, batch: int = 1, heads: int = 32, head_dim: i
     }
 
 
-# Sizes per bench.run mode ("default" is the run recorded in bench/README.md). At lengths up to 512 splash's
-# single tile spans the whole sequence, so its block mask is then an L x L tensor too.
+# Sizes per bench.run mode ("default" is the run recorded in bench/README.md). The L x L column means something
+# only at the default length: when a kernel's tile spans the whole sequence (pallas up to 128, splash up to 512)
+# its block-sized masks are L x L, and splash lays segment ids out as [L, 128] lanes.
 SIZES_BY_MODE: dict[str, dict[str, Any]] = {
     "default": {"seq_len": 2048, "heads": 32, "time_seq_len": 512, "repeats": 3},
     "quick": {"seq_len": 512, "heads": 8, "time_seq_len": 128, "repeats": 2},
-    "smoke": {"seq_len": 128, "heads": 4, "time_seq_len": 64, "repeats": 1},
+    # Schema only: two kernels, the micro model (the interpreter's compile dominates).
+    "smoke": {"seq_len": 64, "heads": 2, "time_seq_len": 32, "repeats": 1, "step_model": "micro",
+              "kernels": ("xla", "pallas")},
 }
 
 
