@@ -72,6 +72,7 @@ def run_eval(
     max_tasks_per_level: int | None = None,
     max_examples: int | None = None,
     max_new_tokens: int = 256,
+    generation_limit: str = "fixed",
     length_normalize: bool = False,
     scoring: str = "optiml",
     seed: int = 0,
@@ -98,8 +99,10 @@ def run_eval(
       checkpoint: our checkpoint (config.json + params/) or a MODEL_DIR whose final/ export is used.
       output_dir: where predictions, results, report.md and figures go (one sub-directory per model).
       split / split_definition / shots / levels / tasks / max_tasks_per_level / max_examples / max_new_tokens /
-        length_normalize / scoring / seed / data_dir: see `optiml_jax.evaluation.EvalConfig` (None max_examples =
-        the paper's limits; scoring "optiml" or "lm_eval").
+        generation_limit / length_normalize / scoring / seed / data_dir: see `optiml_jax.evaluation.EvalConfig`
+        (None max_examples = the paper's limits; generation_limit "fixed" (every generation up to
+        max_new_tokens) or "references" (each task up to its longest reference's bound, `optiml_jax.eval_plan`);
+        scoring "optiml" or "lm_eval").
       compare_untrained: also evaluate the same architecture at its random initialisation (seed ``seed``).
       compare_checkpoint: also evaluate this checkpoint and report the gains of ``checkpoint`` over it.
       expected_model: an OPTConfig (e.g. ``@optiml_jax.models.configs.model_config()``); a checkpoint with a
@@ -137,8 +140,9 @@ def run_eval(
         cfg = evaluation.EvalConfig(
             split=split, shots=tuple(int(k) for k in shots), levels=tuple(levels),
             tasks=tuple(tasks) if tasks is not None else None, max_tasks_per_level=max_tasks_per_level,
-            max_examples=max_examples, max_new_tokens=max_new_tokens, length_normalize=length_normalize,
-            seed=seed, data_dir=data_dir, split_definition=split_definition, scoring=scoring,
+            max_examples=max_examples, max_new_tokens=max_new_tokens, generation_limit=generation_limit,
+            length_normalize=length_normalize, seed=seed, data_dir=data_dir, split_definition=split_definition,
+            scoring=scoring,
             bootstrap=evaluation.Bootstrap(num_samples=bootstrap_samples, seed=bootstrap_seed)
             if bootstrap_samples else None,
         )

@@ -6,7 +6,8 @@ SuperNI comparisons):
 * examples come from `optiml_jax.tasks.pipeline.eval_examples` (all templates of a task merged) with the paper's
   limits: at most 250 per validation task, the first 100 per SuperNI test task, all others on test;
 * an example with answer candidates is scored by rank classification (accuracy); any other example is decoded
-  greedily until EOS or 256 tokens and scored with its task's metric (Rouge-L F1 or exact match, 0-100);
+  greedily until EOS or 256 tokens (or its task's reference-length bound: `EvalConfig.generation_limit`,
+  `optiml_jax.eval_plan`) and scored with its task's metric (Rouge-L F1 or exact match, 0-100);
 * a task's score is the mean over its examples, for PromptSource / FLAN tasks the mean over its templates'
   means (the spread over templates is reported beside it); a category's score the mean of its tasks; a
   generalization level's score the mean of its categories; the model-selection number the mean of all levels
@@ -21,6 +22,8 @@ finished (task, shots) unit, with its per-example scores: a restarted evaluation
 trained vs its untrained initialisation) into sub-directories and adds a side-by-side report, a top-level
 ``results.json`` (also ``summary.json``) with the gains and their paired intervals, and ``comparison.png``.
 
+Settings, units, rendering, generation limits and the plan live in `optiml_jax.eval_plan` (re-exported here).
+
 BIG-Bench Hard (section 6.1, Table 14) has its own protocol (`BBHConfig`, `evaluate_bbh`, `evaluate_bbh_models`):
 every test item of the 27 tasks, 3-shot with the task's own prompt examples with and without chain of thought,
 greedy generation, exact match on the extracted answer, reported per task and as the mean over tasks.
@@ -32,7 +35,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -40,224 +42,20 @@ import numpy as np
 
 from optiml_jax import candidates as candidates_lib
 from optiml_jax import decoding
-from optiml_jax.bootstrap import Bootstrap
+from optiml_jax.bootstrap import Bootstrap  # noqa: F401 (re-exported: evaluation.Bootstrap)
+# What to evaluate; re-exported because callers, tests and notebooks use them from here.
+from optiml_jax.eval_plan import (  # noqa: F401
+    GENERATION_LIMITS, EvalConfig, Unit, describe_plan, format_plan, generation_limits, plan, render_units,
+    safe_name,
+)
 # The pure aggregation/report layer; re-exported because callers and notebooks use them from here.
 from optiml_jax.reports import (  # noqa: F401
     LEVEL_TITLES, aggregate, format_gains, gain_intervals, level_gains, load_results, markdown_report,
     mean_or_none as _mean, template_spread,
 )
-from optiml_jax.tasks.schema import LEVELS, PromptedExample, TaskInfo
+from optiml_jax.tasks.schema import PromptedExample, TaskInfo
 
 logger = logging.getLogger(__name__)
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """What to evaluate and how.
-
-    Attributes:
-      split: "validation" or "test" (of the active split definition: "optiml" with a data dir, else "embedded").
-      shots: shot settings; the paper reports 0 and 5 (and 2 for the SuperNI comparison of Table 12).
-      levels: generalization levels to include (subset of schema.LEVELS).
-      tasks: restrict to these task names (must belong to the split); None = every task of the split.
-      max_tasks_per_level: keep only the first n tasks of each level (quick looks); None = all.
-      max_examples: examples per task; None = the paper's limits (250 per validation task; on test the first
-        100 of SuperNI tasks and all of the others). SuperNI test tasks always keep their first instances in
-        file order; every other task a seeded subset.
-      max_new_tokens: generation limit (paper: 256).
-      length_normalize: rank candidates by mean per-token log-likelihood instead of the sum.
-      scoring: how a (prompt, candidate) pair is tokenised and scored (`optiml_jax.candidates`): "optiml"
-        (candidate + EOS, as instruction tuning trains targets; the paper's rank classification) or "lm_eval"
-        (lm-evaluation-harness's rule, no EOS; adds the harness's acc_norm per example and task).
-      seed: selects the examples and demonstrations (and the untrained baseline's initialisation).
-      data_dir: the real data directory (None = the environment's / the embedded suite).
-      split_definition: "optiml" (the paper's, needs real data) or "embedded"; None = "optiml" when a data dir
-        is configured, else "embedded".
-      bootstrap: settings of the 95% intervals of every average (`optiml_jax.bootstrap`); None = no intervals.
-        Not part of `unit_settings`: intervals are recomputed from the unit files.
-    """
-
-    split: str = "validation"
-    shots: tuple[int, ...] = (0, 5)
-    levels: tuple[str, ...] = LEVELS
-    tasks: tuple[str, ...] | None = None
-    max_tasks_per_level: int | None = None
-    max_examples: int | None = None
-    max_new_tokens: int = 256
-    length_normalize: bool = False
-    seed: int = 0
-    data_dir: str | None = None
-    split_definition: str | None = None
-    scoring: str = "optiml"
-    bootstrap: Bootstrap | None = Bootstrap()
-
-    def __post_init__(self) -> None:
-        candidates_lib.check_convention(self.scoring)
-        if self.split not in ("validation", "test"):
-            raise ValueError(f"EvalConfig.split must be 'validation' or 'test', got {self.split!r}")
-        if not self.shots or any((not isinstance(k, int)) or k < 0 for k in self.shots):
-            raise ValueError(f"EvalConfig.shots must be non-negative integers, got {self.shots!r}")
-        bad = [lv for lv in self.levels if lv not in LEVELS]
-        if bad or not self.levels:
-            raise ValueError(f"EvalConfig.levels: unknown level(s) {bad or '(none given)'}; choose from {LEVELS}")
-        if self.max_examples is not None and self.max_examples < 1:
-            raise ValueError(f"EvalConfig.max_examples must be >= 1 or None, got {self.max_examples}")
-        if self.max_tasks_per_level is not None and self.max_tasks_per_level < 1:
-            raise ValueError(f"EvalConfig.max_tasks_per_level must be >= 1 or None, got {self.max_tasks_per_level}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"EvalConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-
-    def example_limit(self, task: TaskInfo) -> int | None:
-        """The per-task example limit (the paper's unless `max_examples` overrides it)."""
-        if self.max_examples is not None:
-            return self.max_examples
-        if self.split == "validation":
-            return 250
-        return 100 if task.benchmark == "SuperNI" else None
-
-    def takes_first(self, task: TaskInfo) -> bool:
-        """Whether the limit keeps a task's first instances in file order (SuperNI test: the official "top 100
-        instances per task") rather than a seeded subset."""
-        return self.split == "test" and task.benchmark == "SuperNI"
-
-    def unit_settings(self) -> dict:
-        """The settings a finished (task, shots) result depends on: a resumed run must match them."""
-        return {
-            "split": self.split, "max_examples": self.max_examples, "max_new_tokens": self.max_new_tokens,
-            "length_normalize": self.length_normalize, "seed": self.seed, "scoring": self.scoring,
-            "split_definition": self.split_definition, "data_dir": self.data_dir,
-            # How SuperNI test instances are chosen (first n since issue 14): older run dirs are refused.
-            **({"superni_test": "first"} if self.split == "test" else {}),
-        }
-
-
-@dataclasses.dataclass(frozen=True)
-class Unit:
-    """One (task, shots) evaluation: the granularity of progress and of resumption."""
-
-    level: str
-    task: TaskInfo
-    shots: int
-
-    @property
-    def key(self) -> str:
-        return f"{safe_name(self.task.name)}.{self.shots}shot"
-
-
-def safe_name(name: str) -> str:
-    """A task name usable as a file name."""
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Planning
-# --------------------------------------------------------------------------------------------------------------
-
-
-def plan(cfg: EvalConfig) -> list[Unit]:
-    """The (level, task, shots) units of an evaluation, in a stable order; validates task names and the split."""
-    from optiml_jax.tasks import pipeline
-
-    by_level: dict[str, list[str]] = {}
-    for lv in LEVELS:
-        by_level[lv] = list(pipeline.eval_task_names(
-            cfg.split, lv, data_dir=cfg.data_dir, split_definition=cfg.split_definition))
-    known = {t: lv for lv, names in by_level.items() for t in names}
-    if not known:
-        raise ValueError(
-            f"split {cfg.split!r} has no evaluation tasks (data dir: {cfg.data_dir or os.environ.get('OPTIML_DATA_DIR') or 'none: embedded suite'}); "
-            "check the data directory and the split definition"
-        )
-    if cfg.tasks is not None:
-        unknown = [t for t in cfg.tasks if t not in known]
-        if unknown:
-            sample = ", ".join(sorted(known)[:8])
-            raise ValueError(
-                f"unknown evaluation task(s) for split {cfg.split!r}: {', '.join(unknown)}. "
-                f"Known tasks include: {sample} ... ({len(known)} in all)"
-            )
-    units = []
-    for lv in cfg.levels:
-        names = [t for t in by_level[lv] if cfg.tasks is None or t in cfg.tasks]
-        if cfg.max_tasks_per_level is not None:
-            names = names[: cfg.max_tasks_per_level]
-        for name in names:
-            info = pipeline.get_bench(cfg.data_dir, cfg.split_definition).info(name)
-            units.extend(Unit(lv, info, k) for k in cfg.shots)
-    if not units:
-        raise ValueError(
-            f"nothing to evaluate: split {cfg.split!r} has no task at level(s) {list(cfg.levels)}"
-            + (f" among {list(cfg.tasks)}" if cfg.tasks else "")
-        )
-    return units
-
-
-def render_units(units: Sequence[Unit], cfg: EvalConfig) -> dict[str, list[PromptedExample]]:
-    """The rendered examples of every unit (key -> examples), with the paper's limits: rendered once and shared
-    by every model of an evaluation (and by `describe_plan`)."""
-    from optiml_jax.tasks import pipeline
-
-    out = {}
-    for u in units:
-        limit, head = cfg.example_limit(u.task), cfg.takes_first(u.task)
-        exs = pipeline.eval_examples(
-            u.task.name, split=cfg.split, num_shots=u.shots, max_examples=None if head else limit, seed=cfg.seed,
-            data_dir=cfg.data_dir, split_definition=cfg.split_definition)
-        out[u.key] = exs[:limit] if head and limit is not None else exs
-    return out
-
-
-# Rough costs for the time estimate of `describe_plan`, measured with the tiny CPU model on the 2-core machine
-# (bench/README.md, "Evaluation"): XLA compile time of one batch shape, fixed cost per unit (rendering, files),
-# and the FLOP rate small evaluation batches reach per device (a fraction of the matmul peak).
-_COMPILE_SECONDS = {"cpu": 1.0, "gpu": 3.0, "tpu": 5.0}
-_UNIT_SECONDS = 0.02
-_FLOPS_PER_DEVICE = {"cpu": 2e10, "gpu": 1e14, "tpu": 1e14}
-
-
-def describe_plan(units: Sequence[Unit], examples: Mapping[str, Sequence[PromptedExample]], predictor: Any,
-                  cfg: EvalConfig, *, models: int = 1) -> dict:
-    """What an evaluation will do, before it starts: units, examples, prompt / candidate / generated tokens
-    (generated: the upper bound max_new_tokens per example), distinct compiled batch shapes and an estimated
-    time for this model and mesh (FLOPs at a typical rate plus compile and per-unit costs; ``models`` times)."""
-    import jax
-
-    exs = [ex for u in units for ex in examples[u.key]]
-    gen = [ex for ex in exs if not ex.candidates]
-    ranked = [ex for ex in exs if ex.candidates]
-    vocab = predictor.vocab
-    limit = predictor.max_positions
-    lengths = [min(len(ids) + 1, limit) for ids in vocab.encode_batch([ex.source for ex in exs])] if exs else []
-    cand_tokens = sum(len(ids) + 1 for ids in vocab.encode_batch([c for ex in ranked for c in ex.candidates])) \
-        if ranked else 0
-    gen_tokens = len(gen) * cfg.max_new_tokens
-    prompt_tokens = int(sum(lengths))
-    shapes = {("gen" if not ex.candidates else "rank", decoding.bucket_length(n, maximum=limit))
-              for ex, n in zip(exs, lengths)}
-    cfg_model = getattr(predictor.model, "config", None)
-    n_params = cfg_model.num_params() if cfg_model is not None else 0
-    flops = 2.0 * n_params * (prompt_tokens + cand_tokens + gen_tokens)
-    platform = jax.devices()[0].platform
-    devices = predictor.mesh.devices.size if getattr(predictor, "mesh", None) is not None else 1
-    seconds = models * (flops / (_FLOPS_PER_DEVICE.get(platform, 2e10) * devices)
-                        + len(units) * _UNIT_SECONDS) + len(shapes) * _COMPILE_SECONDS.get(platform, 1.0)
-    return {
-        "units": len(units), "units_with_data": sum(bool(examples[u.key]) for u in units),
-        "tasks": len({u.task.name for u in units}), "examples": len(exs), "rank_classified": len(ranked),
-        "generated": len(gen), "prompt_tokens": prompt_tokens, "candidate_tokens": int(cand_tokens),
-        "max_generated_tokens": gen_tokens, "compiled_shapes": len(shapes), "models": models,
-        "platform": platform, "devices": devices, "estimated_seconds": round(seconds, 1),
-    }
-
-
-def format_plan(p: Mapping) -> str:
-    """One paragraph of `describe_plan`'s numbers."""
-    mins, secs = divmod(int(round(p["estimated_seconds"])), 60)
-    return (f"evaluation plan: {p['units']} units ({p['tasks']} tasks x shot settings; {p['units_with_data']} with "
-            f"data), {p['examples']} examples ({p['rank_classified']} rank-classified, {p['generated']} generated), "
-            f"{p['prompt_tokens']:,} prompt tokens, {p['candidate_tokens']:,} candidate tokens, up to "
-            f"{p['max_generated_tokens']:,} generated tokens, ~{p['compiled_shapes']} batch shapes to compile; "
-            f"{p['models']} model(s) on {p['devices']} {p['platform']} device(s): estimated {mins}m{secs:02d}s")
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Scoring one unit
@@ -287,14 +85,18 @@ def evaluate_examples(
 
 
 def evaluate_many(
-    predictor: Any, items: Sequence[tuple[TaskInfo, Sequence[PromptedExample]]], cfg: EvalConfig
+    predictor: Any, items: Sequence[tuple[TaskInfo, Sequence[PromptedExample]]], cfg: EvalConfig,
+    limits: Mapping[str, int] | None = None,
 ) -> list[tuple[dict, list[dict]]]:
     """Scores several units at once; returns (summary, records) per (task, examples) item.
 
     All rank-classified examples go to one `Predictor.score` call and all generated ones to one
     `Predictor.generate` call, which batch by length across units: with few examples per unit (the test split
     at 1 example per unit) a unit alone would fill one row of an 8-row batch and pay a whole decode loop for it.
+    ``limits``: new tokens per generated example of each task (`generation_limits`; computed when not given).
     """
+    if limits is None:
+        limits = generation_limits(cfg, [task for task, _ in items], predictor.vocab)
     flat = [(k, ex) for k, (_, exs) in enumerate(items) for ex in exs]
     references = [tuple(ex.references) or (ex.target,) for _, ex in flat]
     ranked = [i for i, (_, ex) in enumerate(flat) if ex.candidates]
@@ -319,7 +121,10 @@ def evaluate_many(
                 records[i]["acc_norm"] = 100.0 if _normalise_answer(norm) in refs else 0.0
     if generated:
         dcfg = decoding.DecodeConfig(method="greedy", max_new_tokens=cfg.max_new_tokens)
-        outputs = predictor.generate([flat[i][1].source for i in generated], dcfg)
+        row_limits = [limits[items[flat[i][0]][0].name] for i in generated]
+        # Without a bound below max_new_tokens the call is the plain one (no per-row limits at all).
+        outputs = predictor.generate([flat[i][1].source for i in generated], dcfg,
+                                     row_limits if min(row_limits) < cfg.max_new_tokens else None)
         for i, out in zip(generated, outputs):
             fn = metric_fn(items[flat[i][0]][0].metric)
             records[i] = {"mode": "generation", "prediction": out, "score": float(fn(out, list(references[i])))}
@@ -330,7 +135,10 @@ def evaluate_many(
             "id": ex.id, "task": ex.task, "num_shots": ex.num_shots, "prompt": ex.source,
             "references": list(refs), "candidates": list(ex.candidates), **rec,
         })
-    return [(_unit_summary(task, full, cfg), full) for (task, _), full in zip(items, per_item)]
+    out = [(_unit_summary(task, full, cfg), full) for (task, _), full in zip(items, per_item)]
+    for (task, _), (summary, _) in zip(items, out):
+        summary["max_new_tokens"] = limits[task.name]
+    return out
 
 
 def _unit_summary(task: TaskInfo, full: Sequence[Mapping], cfg: EvalConfig) -> dict:
@@ -461,13 +269,15 @@ def evaluate(
     examples: Mapping[str, Sequence[PromptedExample]] | None = None,
     progress: bool = True,
     chunk_examples: int = 256,
+    limits: Mapping[str, int] | None = None,
 ) -> dict:
     """Evaluates ``predictor`` (an `optiml_jax.inference.Predictor`) on ``cfg``'s split; returns the aggregates.
 
     Finished units found in ``output_dir`` (from an earlier, possibly killed, run with the same model and
     settings) are loaded, not recomputed. ``examples`` (from `render_units`) saves rendering them again.
     Pending units are scored in chunks of about ``chunk_examples`` examples (`evaluate_many`: batches fill
-    across units); each unit's files are written as soon as its chunk is done.
+    across units); each unit's files are written as soon as its chunk is done. ``limits``: as in
+    `evaluate_many` (computed once here when not given).
     """
 
     output_dir = os.fspath(output_dir)
@@ -488,6 +298,8 @@ def evaluate(
         else:
             pending.append(unit)
     reused = len(results)
+    if limits is None:
+        limits = generation_limits(cfg, [u.task for u in pending], predictor.vocab)
     try:
         for chunk in _chunks(pending, examples, cfg, chunk_examples):
             bar.set_postfix_str(f"{chunk[0].task.name} {chunk[0].shots}-shot (+{len(chunk) - 1} units)")
@@ -497,7 +309,7 @@ def evaluate(
                 if not rendered[unit.key]:
                     logger.warning("task %s has no %s examples (%d-shot): n/a in the report", unit.task.name,
                                    cfg.split, unit.shots)
-            scored = evaluate_many(predictor, [(u.task, rendered[u.key]) for u in chunk], cfg)
+            scored = evaluate_many(predictor, [(u.task, rendered[u.key]) for u in chunk], cfg, limits)
             seconds = time.time() - t0
             total = max(1, sum(len(rendered[u.key]) for u in chunk))
             for unit, (summary, records) in zip(chunk, scored):
@@ -569,10 +381,14 @@ def evaluate_models(
     output_dir = os.fspath(output_dir)
     units = plan(cfg)  # planned once: every model sees exactly the same units
     examples = render_units(units, cfg)
+    # Every model is bounded alike (the limits come from the first model's vocabulary: one tokenizer per run).
+    limits = generation_limits(cfg, [u.task for u in units], predictors[0].vocab)
     if _writes():
-        print(format_plan(describe_plan(units, examples, predictors[0], cfg, models=len(predictors))), flush=True)
+        print(format_plan(describe_plan(units, examples, predictors[0], cfg, models=len(predictors),
+                                        limits=limits)), flush=True)
     aggs = [
-        evaluate(p, cfg, os.path.join(output_dir, safe_name(lab)), units=units, examples=examples, progress=progress)
+        evaluate(p, cfg, os.path.join(output_dir, safe_name(lab)), units=units, examples=examples, progress=progress,
+                 limits=limits)
         for p, lab in zip(predictors, labels)
     ]
     out: dict = {"results": dict(zip(labels, aggs))}

@@ -286,15 +286,17 @@ def _found(cell: Mapping, shot_keys: Sequence[str]) -> str:
     return f"{with_data}/{cell['tasks']} tasks, {examples} ex."
 
 
-def _row(first: str, second: str, cell0: Mapping | None, cells: Sequence[Mapping | None],
+def _row(first: str, second: str | None, cell0: Mapping | None, cells: Sequence[Mapping | None],
          shot_keys: Sequence[str], bold: bool = False) -> str:
+    """A table row: first column, a second one unless ``second`` is None, the counts, one score per column."""
     found = _found(cell0, shot_keys) if cell0 else "0/0 tasks, 0 ex."
     vals = []
     for c in cells:
         for s in shot_keys:
             v = format_score(c["scores"].get(s), (c.get("ci") or {}).get(s)) if c else NA
             vals.append(f"**{v}**" if bold and v != NA else v)
-    return f"| {first} | {second} | {found} | " + " | ".join(vals) + " |"
+    lead = f"| {first} | " if second is None else f"| {first} | {second} | "
+    return lead + f"{found} | " + " | ".join(vals) + " |"
 
 
 def markdown_report(aggs: Sequence[Mapping], labels: Sequence[str], *, title: str = "") -> str:
@@ -329,11 +331,12 @@ def markdown_report(aggs: Sequence[Mapping], labels: Sequence[str], *, title: st
             avg.append(f"**{format_score(a['overall'].get(s), (a.get('overall_ci') or {}).get(s))}**")
     lines.append("| **Average of levels** | | | " + " | ".join(avg) + " |")
     comb = " | ".join(f"{lab}: **{format_score(a['combined'], a.get('combined_ci'))}**" for lab, a in zip(labels, aggs))
+    # The benchmark table has no sub-row column (an empty header there read as a missing label).
     lines += ["", f"Combined (model selection: mean over levels and shot settings): {comb}", "", "By benchmark:", "",
-              head.format("Benchmark", ""), rule]
+              "| Benchmark | Found | " + " | ".join(heads) + " |", "|---|---|" + "---:|" * len(heads)]
     for b in sorted(set().union(*(a["benchmarks"].keys() for a in aggs))):
         cells = [a["benchmarks"].get(b) for a in aggs]
-        lines.append(_row(b, "", cells[0], cells, shot_keys))
+        lines.append(_row(b, None, cells[0], cells, shot_keys))
     lines += _template_table(aggs, labels, shot_keys)
     lines += _task_table(aggs, labels, shot_keys)
     return "\n".join(lines).lstrip("\n") + "\n"

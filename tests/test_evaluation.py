@@ -67,6 +67,15 @@ def test_aggregate_follows_the_paper_and_renders():
     assert "| **Fully held-out** |  | 3/3 tasks, 15 ex. | **55.0 [" in md
     assert "| | A |" not in md and "|  | A | 2/2 tasks, 10 ex. | 20.0 [" in md
     assert "|  | D | 0/1 tasks, 0 ex. | n/a | n/a | n/a | n/a |" in md
+    # Every table's header names every column, and each row has as many cells as its header.
+    lines = md.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|---"):
+            head = lines[i - 1].strip("|").split("|")
+            assert all(h.strip() for h in head), lines[i - 1]
+            body = [r for r in lines[i + 1:] if r.startswith("|")][:1]
+            assert all(len(r.strip("|").split("|")) == len(head) for r in body), (lines[i - 1], body)
+    assert "| Benchmark | Found | m: 0-shot |" in md and "| X | 1/2 tasks, 5 ex. | 50.0 [" in md
     c_row = next(line for line in md.splitlines() if "|  | C |" in line)
     assert c_row.endswith("| 50.0 [50.0, 50.0] | n/a | 45.0 [45.0, 45.0] | n/a |")
     gains = evaluation.level_gains(agg, other)
@@ -193,3 +202,58 @@ def test_scoring_calls_fit_the_position_table(predictor):
     assert [idx for idx, _ in predictor.plan_batches([len(p) for p in prompts], n)] == [[0, 1, 2]]  # one bucket
     assert predictor._fitting_batches(prompts, [2, 12, 3]) == [[0], [1, 2]]
     assert predictor._fitting_batches([[5] * 10, [5] * 9], [2, 8]) == [[0, 1]]
+
+
+def test_reference_bound_cuts_generation_only_past_every_reference(predictor, tmp_path):
+    # "references": each task decodes at most bucket(longest reference + EOS) tokens, over ALL its evaluation
+    # instances (not the sampled ones, not per shot); rank classification is untouched, and every bounded
+    # generation is the first tokens of the unbounded one (same prompts, same batches' shapes).
+    from optiml_jax.tasks import pipeline
+
+    fixed = dataclasses.replace(CFG, max_new_tokens=40, max_examples=4)
+    bounded = dataclasses.replace(fixed, generation_limit="references")
+    units = evaluation.plan(bounded)
+    tasks = [u.task for u in units]
+    vocab = predictor.vocab
+    assert evaluation.generation_limits(fixed, tasks, vocab) == {t.name: 40 for t in tasks}
+    limits = evaluation.generation_limits(bounded, tasks, vocab)
+    assert limits == evaluation.generation_limits(dataclasses.replace(bounded, max_examples=1), tasks, vocab)
+    bench = pipeline.get_bench(None, "embedded")
+    for t in tasks:
+        refs = [o.strip() for ex in bench.eval_pool(t.name, "validation") if not ex.candidates for o in ex.outputs]
+        if refs:
+            longest = max(len(vocab.encode(r)) for r in refs)
+            assert longest + 1 <= limits[t.name] < 40  # the embedded answers are short
+        else:
+            assert limits[t.name] == 40
+    assert fixed.unit_settings() != bounded.unit_settings()
+    assert "generation_limit" not in fixed.unit_settings()  # run dirs from before the option still resume
+
+    a = evaluation.evaluate(predictor, fixed, tmp_path / "fixed", progress=False)
+    b = evaluation.evaluate(predictor, bounded, tmp_path / "bounded", progress=False)
+    cut = 0
+    for f in (tmp_path / "fixed" / "predictions").iterdir():
+        ra = [json.loads(x) for x in f.read_text().splitlines()]
+        rb = [json.loads(x) for x in (tmp_path / "bounded" / "predictions" / f.name).read_text().splitlines()]
+        task = ra[0]["task"]
+        for x, y in zip(ra, rb):
+            if x["mode"] == "rank_classification":
+                assert x["prediction"] == y["prediction"]
+                assert x["candidate_scores"] == pytest.approx(y["candidate_scores"], abs=1e-4)
+                continue
+            # Text, not re-encoded tokens (decoding a random model's tokens does not round-trip); a cut inside a
+            # multi-byte character decodes to U+FFFD.
+            assert x["prediction"].startswith(y["prediction"].rstrip("\ufffd"))
+            cut += len(y["prediction"]) < len(x["prediction"])
+        summary = json.loads((tmp_path / "bounded" / "tasks" / f.name.replace(".jsonl", ".json")).read_text())
+        assert summary["max_new_tokens"] == limits[task]
+    assert cut > 0  # a random model runs on: the bound did cut something
+    # Token level, on the predictor: a bounded prompt gets exactly the first `limit` tokens.
+    prompts = ["Question: what is the opposite of hot?\nAnswer:", "Say something."]
+    dcfg = evaluation.decoding.DecodeConfig(max_new_tokens=40)
+    full = predictor.generate_ids(prompts, dcfg)
+    short = predictor.generate_ids(prompts, dcfg, limits=[16, 40])
+    assert short[0] == full[0][:16] and short[1] == full[1]
+    assert set(a["tasks"]) == set(b["tasks"])
+    with pytest.raises(ValueError, match="generation_limit"):
+        evaluation.EvalConfig(generation_limit="longest")
