@@ -31,13 +31,15 @@ def packed_batch(rng: np.random.Generator, batch: int = BATCH, seq: int = SEQ, v
             "decoder_task_ids": np.where(live, seg % 3, -1).astype(np.int32)}
 
 
-def make_trainer(mesh_shape, devices=None, *, dropout=0.1, microbatches=1, lr=1e-3, batch=BATCH):
+def make_trainer(mesh_shape, devices=None, *, dropout=0.1, microbatches=1, lr=1e-3, batch=BATCH, ce_chunk_tokens=24):
+    """A 1-layer trainer; the loss's LM head runs in chunks of 3 positions x 8 rows (16 is not a multiple)
+    unless ``ce_chunk_tokens=0`` (full logits, the reference)."""
     cfg = get_config("tiny").replace(vocab_size=VOCAB, dropout=dropout, num_hidden_layers=1, hidden_size=32,
                                       ffn_dim=64, max_position_embeddings=64)
     mesh = partitioning.create_mesh(mesh_shape, devices)
     tcfg = trainer.TrainerConfig(
         optimizer=trainer.OptimizerConfig(learning_rate=lr, warmup_steps=2, total_steps=20),
-        num_microbatches=microbatches, seed=3)
+        num_microbatches=microbatches, ce_chunk_tokens=ce_chunk_tokens, seed=3)
     return trainer.Trainer(OPTForCausalLM(cfg), tcfg, mesh, partitioning.DEFAULT_LOGICAL_AXIS_RULES,
                            global_batch_size=batch, seq_len=SEQ)
 
@@ -63,7 +65,8 @@ def sharded_trainer():
 
 
 def test_sharded_run_equals_single_device(batches, sharded_trainer):
-    single_state, single = run(make_trainer({"data": 1}, jax.devices()[:1]), batches)
+    # The reference also holds the full logits: sharded + chunked CE == one device + plain CE.
+    single_state, single = run(make_trainer({"data": 1}, jax.devices()[:1], ce_chunk_tokens=0), batches)
     sharded_t = sharded_trainer
     sharded_state, sharded = run(sharded_t, batches)
     for a, b in zip(single, sharded):  # dropout is on: masks must not depend on the layout
@@ -102,6 +105,8 @@ def test_microbatches_must_tile_the_batch():
         make_trainer({"data": 2}, jax.devices()[:2], microbatches=3)
     with pytest.raises(ValueError, match="num_microbatches=8"):
         make_trainer({"data": 2}, jax.devices()[:2], microbatches=8)  # 1 row per microbatch, 2 devices
+    with pytest.raises(ValueError, match="ce_chunk_tokens"):
+        make_trainer({"data": 1}, jax.devices()[:1], ce_chunk_tokens=-1)
 
 
 def test_learning_rate_schedule_warmup_then_linear_decay_to_zero():
