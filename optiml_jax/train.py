@@ -5,7 +5,7 @@ T5X conventions: the gin files set the macros ``MODEL_DIR``, ``TRAIN_STEPS``, ``
 
 The run writes into ``MODEL_DIR``:
 
-* ``metrics.jsonl``: one JSON line per step ``{"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu",
+* ``metrics.jsonl``: one JSON line per step ``{"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "mfu_basis",
   "examples": {benchmark: n}, "input_wait_s"}`` (``examples``: this process's rows of the step's batch, the whole
   batch on one process; ``input_wait_s``: how long the step waited for its batch), one per validation
   ``{"step", "heldout_loss"}`` and, at every checkpoint and at the end, ``{"step", "examples_seen"}`` (all
@@ -42,7 +42,7 @@ from typing import Any
 import gin
 
 from optiml_jax import checkpoints as ckpt_lib
-from optiml_jax import errors, gin_utils, input_feed, partitioning, preemption, run_dir
+from optiml_jax import errors, flops, gin_utils, input_feed, partitioning, preemption, run_dir
 from optiml_jax import inloop_eval as inloop_lib
 from optiml_jax import trainer as trainer_lib
 from optiml_jax.models import configs as model_configs  # registers the `model_config` configurable
@@ -118,7 +118,8 @@ def train(
       inloop_eval: a small evaluation (rank classification and short generation, `optiml_jax.InLoopEval`) run
         on the training mesh every ``InLoopEval.every`` steps and after the last; its scores go to metrics.jsonl
         and TensorBoard (``eval/inloop/...``) beside the held-out loss. None: no in-loop evaluation.
-      peak_flops_per_device: peak FLOP/s of one device for MFU; None measures a matmul at start-up.
+      peak_flops_per_device: peak FLOP/s of one device for MFU; None takes a known GPU/TPU's spec
+        (`optiml_jax.flops`), else measures a matmul at start-up ("mfu_basis" in metrics.jsonl says which).
       export_final: write MODEL_DIR/final/ at the end.
       progress_bar: show a tqdm bar with ETA on process 0.
       start_over_if_damaged: when every checkpoint in MODEL_DIR was found damaged (and moved aside), train from
@@ -271,9 +272,10 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
         if is_main:
             run_dir.write_config(model_dir_p, start_step, resumed=restored is not None)
 
-        peak = (peak_flops_per_device * jax.device_count() if peak_flops_per_device
-                else trainer_lib.measure_peak_flops(_jnp_dtype(model.dtype)))
-        timer = trainer_lib.StepTimer(model.flops_per_token(seq_len), peak)
+        # A chip's spec peak on GPU/TPU, a same-run matmul on CPU (labelled "measured-matmul" in mfu_basis).
+        peak = flops.resolve_peak(jax.devices(), dtype=model.dtype, per_device=peak_flops_per_device,
+                                  measure=lambda: trainer_lib.measure_peak_flops(_jnp_dtype(model.dtype)))
+        timer = trainer_lib.StepTimer(model.flops_per_token(seq_len), peak.flops_per_s)
         writer = run_dir.MetricsWriter(model_dir_p, enabled=is_main)
         cleanup.callback(writer.close)
         summary: dict[str, Any] = {"start_step": start_step}
@@ -314,7 +316,7 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
                 unsynced[k] = unsynced.get(k, 0) + v
             last["loss"] = loss
             writer.write({"step": done_step, "loss": loss, "lr": float(m["lr"]), "grad_norm": float(m["grad_norm"]),
-                          "tokens_per_s": t["tokens_per_s"], "mfu": t["mfu"],
+                          "tokens_per_s": t["tokens_per_s"], "mfu": t["mfu"], "mfu_basis": peak.basis,
                           "target_tokens": float(m["target_tokens"]), "examples": counts, "truncation": truncation,
                           "input_wait_s": fed.wait_s})
             if bar is not None:

@@ -162,18 +162,20 @@ class OPTConfig:
         """Token plus learned position embedding parameters."""
         return self.vocab_size * self.word_embed_proj_dim + (self.max_position_embeddings + 2) * self.hidden_size
 
-    def flops_per_token(self, seq_len: int) -> float:
+    def flops_per_token(self, seq_len: int, *, causal_attention: bool = False) -> float:
         """Training FLOPs per token (forward + backward) at sequence length `seq_len`, PaLM-style.
 
         `6 * N_matmul + 12 * num_layers * hidden_size * seq_len`, where N_matmul counts every parameter that
         takes part in a matmul: all parameters except the position embeddings (a lookup). The token embedding
         is counted once because the tied output projection multiplies by it. The attention term covers QK^T and
-        attention-times-V over the full (unmasked) length, the usual convention for MFU.
+        attention-times-V over the full (unmasked) length, the usual convention for MFU; ``causal_attention``
+        halves it (the work of a causal kernel). See `optiml_jax.flops` for the peak MFU divides by.
         """
         if seq_len <= 0:
             raise ValueError(f"seq_len must be positive, got {seq_len}")
         n_matmul = self.num_params() - (self.max_position_embeddings + 2) * self.hidden_size
-        return 6.0 * n_matmul + 12.0 * self.num_hidden_layers * self.hidden_size * seq_len
+        attention = 12.0 * self.num_hidden_layers * self.hidden_size * seq_len
+        return 6.0 * n_matmul + (attention / 2 if causal_attention else attention)
 
     # ----------------------------------------------------------------------------------------------------------
     @classmethod
