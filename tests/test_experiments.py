@@ -174,10 +174,9 @@ def embedded():
     return settings, pipeline.get_bench(None, "embedded")
 
 
-def test_task_subsets_reach_the_training_mixture(embedded, tmp_path):
-    from optiml_jax import tokenizer
+def test_task_subsets_reach_the_training_mixture(embedded):
     from optiml_jax.experiments import runner
-    from optiml_jax.tasks import loader, pipeline
+    from optiml_jax.tasks import pipeline
 
     settings, bench = embedded
     ctx = runner.context(settings, bench)
@@ -186,17 +185,31 @@ def test_task_subsets_reach_the_training_mixture(embedded, tmp_path):
     summaries = {r.train_key: runner.mixture_summary(bench, settings, r.mixture) for p in pts for r in p.runs}
     assert [summaries[r.train_key]["tasks"] for p in pts for r in p.runs] == [4, 4] + [len(ctx.train_tasks)] * 2
     runner.check_knobs(pts, summaries)
-    # What the trainer draws (the cached input `optiml_jax.train` reads, and the in-memory one): only the
-    # subset's tasks, in a stream of real batches.
-    run = pts[0].runs[0]
-    cfg = runner.mixture_config(settings, run.mixture)
-    vocab = tokenizer.OPTVocabulary.default()
-    for data in (pipeline.TrainInput(vocab=vocab, batch_size=4, seq_len=128, bench=bench, mixture_config=cfg),
-                 loader.CachedTrainInput(vocab=vocab, batch_size=4, seq_len=128, bench=bench, mixture_config=cfg,
-                                         cache_dir=str(tmp_path), rebuild=True)):
-        assert set(data.task_names) == set(run.mixture["tasks"])
-        ids = np.concatenate([next(data)["decoder_task_ids"].ravel() for _ in range(3)])
-        assert {data.task_names[i] for i in ids[ids >= 0]} == set(run.mixture["tasks"])
+    # What the trainer draws: only the subset's tasks, in a stream of real batches.
+    _check_draws(pipeline.TrainInput, pts[0].runs[0], settings, bench)
+
+
+@pytest.mark.slow
+def test_task_subsets_reach_the_cached_training_input(embedded, tmp_path):
+    # The cached input `optiml_jax.train` reads (its token cache is built for the whole mixture: ~1 min here).
+    from optiml_jax.experiments import runner
+    from optiml_jax.tasks import loader
+
+    settings, bench = embedded
+    run = defs.TaskScaling(num_tasks=(4,), subsets=1).points(runner.context(settings, bench))[0].runs[0]
+    _check_draws(lambda **kw: loader.CachedTrainInput(cache_dir=str(tmp_path), rebuild=True, **kw), run, settings,
+                 bench)
+
+
+def _check_draws(make, run, settings, bench):
+    from optiml_jax import tokenizer
+    from optiml_jax.experiments import runner
+
+    data = make(vocab=tokenizer.OPTVocabulary.default(), batch_size=4, seq_len=128, bench=bench,
+                mixture_config=runner.mixture_config(settings, run.mixture))
+    assert set(data.task_names) == set(run.mixture["tasks"])
+    ids = np.concatenate([next(data)["decoder_task_ids"].ravel() for _ in range(3)])
+    assert {data.task_names[i] for i in ids[ids >= 0]} == set(run.mixture["tasks"])
 
 
 def test_instances_benchmarks_and_metaicl_reach_the_mixture(embedded):
