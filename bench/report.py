@@ -116,7 +116,8 @@ def render_markdown(record: dict[str, Any]) -> str:
                 f"| HF | {t['hf']['median_s']:.3f} | {t['hf']['best_s']:.3f} | {t['hf']['tokens_per_s']:.0f} |",
                 "", f"Ratio ours/HF: **{_f(t['ratio_ours_over_hf'])}x**"]
     if "mfu" in s:
-        out += ["", "## MFU of our train step (peak matmul timed round-robin with each step)", "",
+        out += ["", "## MFU of our train step (CPU: against a matmul timed round-robin with each step, not a hardware peak; "
+                "accelerators: the chip's dense bf16 spec, optiml_jax.flops)", "",
                 "| model | dtype | seq | batch | step (s) | tokens/s | model GFLOP/s | peak GFLOP/s | MFU | best MFU |",
                 "|---|---|---|---|---|---|---|---|---|---|"]
         for r in s["mfu"]:

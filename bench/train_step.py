@@ -1,6 +1,7 @@
 """Training-step throughput: our jitted step (optiml_jax.trainer) vs HF PyTorch, MFU, compiled-step memory."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Sequence
 
@@ -32,7 +33,8 @@ class OursStep:
     """The project's Trainer on one device; calling it runs one optimizer step and waits for it."""
 
     def __init__(self, config: Any, batch: int, seq_len: int, seed: int = 0, *,
-                 mesh_shape: dict[str, int] | None = None, devices: Sequence[Any] | None = None):
+                 mesh_shape: dict[str, int] | None = None, devices: Sequence[Any] | None = None,
+                 ce_chunk_tokens: int | None = None):
         import jax
 
         from optiml_jax import partitioning, trainer
@@ -43,6 +45,8 @@ class OursStep:
                                         list(devices) if devices is not None else jax.devices()[:1])
         tcfg = trainer.TrainerConfig(optimizer=trainer.OptimizerConfig(learning_rate=1e-5, warmup_steps=0,
                                                                        total_steps=1000), seed=seed)
+        if ce_chunk_tokens is not None:  # None: the trainer's default
+            tcfg = dataclasses.replace(tcfg, ce_chunk_tokens=ce_chunk_tokens)
         self.trainer = trainer.Trainer(OPTForCausalLM(config), tcfg, mesh,
                                        partitioning.DEFAULT_LOGICAL_AXIS_RULES,
                                        global_batch_size=batch, seq_len=seq_len)
@@ -168,9 +172,15 @@ def mfu_point(model: str, *, seq_len: int, tokens_per_step: int, repeats: int, p
     """Tokens/s and model-FLOPs utilisation of our train step for one (model, length).
 
     MFU = flops_per_token(seq_len) * tokens/s / peak, with the configs' PaLM-style FLOP count (6N + attention).
-    The peak is a [peak_size]^3 matmul in the step's compute dtype, timed round-robin with the step: on a shared
-    machine a peak measured minutes earlier can be off by 2x either way.
+    On CPU the peak is a [peak_size]^3 matmul in the step's compute dtype, timed round-robin with the step (on a
+    shared machine a peak measured minutes earlier can be off by 2x either way), labelled
+    ``mfu_basis="measured-matmul:<dtype>"``; on a known GPU/TPU it is the chip's dense bf16 spec
+    (`optiml_jax.flops`), and the matmul's rate is kept as ``matmul_flops_per_s``.
     """
+    import jax
+
+    from optiml_jax import flops
+
     batch = max(1, tokens_per_step // seq_len)
     cfg = bench_config(model, seq_len, dtype=dtype, attention_kernel=attention_kernel)
     ours = OursStep(cfg, batch, seq_len)
@@ -183,12 +193,15 @@ def mfu_point(model: str, *, seq_len: int, tokens_per_step: int, repeats: int, p
     tokens = batch * seq_len
     fpt = cfg.flops_per_token(seq_len)
     peak_work = 2.0 * peak_size ** 3 * reps
-    peak_flops = peak_work / pk["median_s"]
+    # A GPU/TPU in optiml_jax.flops.CHIPS: its spec peak; a CPU: the matmul timed round-robin with the step.
+    peak = flops.resolve_peak(jax.devices()[:1], dtype=dtype, measure=lambda: peak_work / pk["median_s"])
+    best_peak = peak.flops_per_s if peak.is_hardware_peak else peak_work / pk["best_s"]
     return {"model": model, "seq_len": seq_len, "batch": batch, "dtype": dtype,
             "attention_kernel": attention_kernel, "num_params": cfg.num_params(), "flops_per_token": fpt,
             "step": s, "tokens_per_s": tokens / s["median_s"], "model_flops_per_s": fpt * tokens / s["median_s"],
-            "peak_flops_per_s": peak_flops, "mfu": fpt * tokens / s["median_s"] / peak_flops,
-            "best_mfu": (fpt * tokens / s["best_s"]) / (peak_work / pk["best_s"]), "peak_matmuls_per_sample": reps}
+            "peak_flops_per_s": peak.flops_per_s, "mfu": fpt * tokens / s["median_s"] / peak.flops_per_s,
+            "mfu_basis": peak.basis, "matmul_flops_per_s": peak_work / pk["median_s"],
+            "best_mfu": (fpt * tokens / s["best_s"]) / best_peak, "peak_matmuls_per_sample": reps}
 
 
 def mfu_sweep(models: Sequence[str], seq_lens: Sequence[int], *, tokens_per_step: int, repeats: int,
@@ -222,3 +235,53 @@ def step_memory(model: str, *, seq_len: int, batches: Sequence[int] = (1, 2)) ->
     return {"model": model, "seq_len": seq_len, "analyses": {str(k): v for k, v in analyses.items()},
             "activation_bytes_per_token": per_token, "state_bytes": analyses[b0]["argument_size_in_bytes"],
             "memory_limit_bytes": limit, "largest_batch_that_fits": largest}
+
+
+def step_variants(model: str, variants: dict[str, dict[str, Any]], *, batch: int, seq_len: int, repeats: int,
+                  include_hf: bool = True, peak_size: int = 2048) -> dict[str, Any]:
+    """Seconds per train step of several variants of our step (``{"name": {"dtype": ..., "remat": ...,
+    "ce_chunk_tokens": ...}}``), HF PyTorch's f32 step and the f32 and bf16 [peak_size]^3 matmuls, all
+    round-robin in one process; plus each variant's compiled temp bytes.
+
+    Returns per entry the summary, tokens/s and, for our variants, the ratio to HF and the share of the
+    same-run matmul in the variant's dtype (model FLOPs/s / matmul FLOP/s: MFU against a measured matmul).
+    """
+    cfg0 = bench_config(model, seq_len)
+    fns: dict[str, Any] = {}
+    steps: dict[str, OursStep] = {}
+    for name, v in variants.items():
+        v = dict(v)
+        chunk = v.pop("ce_chunk_tokens", None)
+        steps[name] = OursStep(cfg0.replace(**v), batch, seq_len, ce_chunk_tokens=chunk)
+        fns[name] = steps[name]
+    first = next(iter(steps.values()))
+    if include_hf:
+        fns["hf"] = HFStep(cfg0, first.params_numpy(), first.batch)
+    peak_fns = {}
+    for dtype in ("float32", "bfloat16"):
+        peak_fns[dtype], reps = _matmul_callable(peak_size, dtype, 0.0)
+        fns[f"matmul_{dtype}"] = peak_fns[dtype]
+    times = interleaved_times(fns, repeats=repeats, warmup=1)
+    tokens = batch * seq_len
+    fpt = cfg0.flops_per_token(seq_len)
+    out: dict[str, Any] = {"model": model, "batch": batch, "seq_len": seq_len, "flops_per_token": fpt,
+                           "entries": {}}
+    for name, t in times.items():
+        out["entries"][name] = {**summarize(t), "tokens_per_s": tokens / summarize(t)["median_s"]}
+    for dtype in ("float32", "bfloat16"):
+        e = out["entries"][f"matmul_{dtype}"]
+        e["flops_per_s"] = 2.0 * peak_size ** 3 / e["median_s"]
+        e["best_flops_per_s"] = 2.0 * peak_size ** 3 / e["best_s"]
+    for name, step in steps.items():
+        e = out["entries"][name]
+        dtype = step.config.dtype
+        e.update(dtype=dtype, remat=step.config.remat, ce_chunk_tokens=step.trainer.config.ce_chunk_tokens,
+                 model_flops_per_s=fpt * e["tokens_per_s"],
+                 mfu_vs_same_run_matmul=fpt * e["tokens_per_s"] / out["entries"][f"matmul_{dtype}"]["flops_per_s"],
+                 best_mfu_vs_same_run_matmul=(fpt * tokens / e["best_s"])
+                 / out["entries"][f"matmul_{dtype}"]["best_flops_per_s"],
+                 temp_bytes=step.memory_analysis().get("temp_size_in_bytes"))
+        if include_hf:
+            e["ratio_over_hf"] = ratio(e["tokens_per_s"], out["entries"]["hf"]["tokens_per_s"])
+            e["best_ratio_over_hf"] = ratio(out["entries"]["hf"]["best_s"], e["best_s"])
+    return out
