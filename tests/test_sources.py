@@ -5,6 +5,7 @@ import shutil
 import pytest
 
 from optiml_jax.tasks import catalogue as cat
+from optiml_jax.tasks import embedded_suite
 from optiml_jax.tasks import sources
 from optiml_jax.tasks.schema import TaskInfo
 
@@ -130,7 +131,7 @@ def test_missing_data(tmp_path, monkeypatch):
 
 def test_embedded_dispatch():
     task = cat.load_catalogue(None)["embedded_ni_add"]
-    assert len(sources.load_examples(task, None)) == 300
+    assert len(sources.load_examples(task, None)) == embedded_suite.NUM_INSTANCES
 
 
 def _tfds_load(tfds, name, split, out, manual):

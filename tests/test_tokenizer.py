@@ -284,3 +284,55 @@ def test_from_checkpoint(tmp_path, opt_dir, caplog):
         OPTVocabulary.from_checkpoint(bare, allow_default=False)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         OPTVocabulary.from_checkpoint(tmp_path / "nope")
+
+
+# --- the embedded suite's own vocabulary (optiml_jax/tasks/embedded_vocab.py) -----------------------------------
+
+def _embedded():
+    from optiml_jax.tasks import embedded_vocab
+
+    return embedded_vocab, OPTVocabulary.from_dir(embedded_vocab.embedded_tokenizer_dir())
+
+
+def test_embedded_vocabulary_is_what_the_suite_gives(tmp_path):
+    ev, _ = _embedded()
+    ev.write(tmp_path)
+    committed = pathlib.Path(ev.embedded_tokenizer_dir())
+    assert sorted(p.name for p in committed.iterdir()) == sorted(p.name for p in tmp_path.iterdir())
+    for p in committed.iterdir():  # rebuild after changing the suite: python -m optiml_jax.tasks.embedded_vocab
+        assert p.read_bytes() == (tmp_path / p.name).read_bytes(), p.name
+
+
+def test_embedded_vocabulary_ids_round_trip_and_hf_parity():
+    ev, v = _embedded()
+    # OPT's special ids, 2,048 rows: the tiny model's vocab_size (gin/models/tiny_cpu_embedded.gin).
+    assert (v.bos_id, v.eos_id, v.pad_id, v.unk_id, v.num_tokens, v.vocab_size) == (2, 2, 1, 3, 2048, 2048)
+    texts = list(ev.corpus())
+    ids = v.encode_batch(texts)
+    assert all(v.decode(i) == t for i, t in zip(ids, texts))
+    assert not any(v.unk_id in i for i in ids)
+    # Byte-level: any text encodes and decodes back, not only the suite's.
+    plain = [t for t in EDGE_TEXTS if not any(s in t for s in ("<s>", "</s>", "<pad>", "<unk>"))]
+    assert [v.decode(v.encode(t)) for t in plain] == plain
+    # Trained on the suite, it is at least as compact there as GPT-2's 50,257 tokens.
+    gpt2 = OPTVocabulary.default().encode_batch(texts)
+    assert sum(map(len, ids)) <= sum(map(len, gpt2))
+    # Hugging Face reads the same folder with the same ids and special tokens.
+    hf = transformers.AutoTokenizer.from_pretrained(ev.embedded_tokenizer_dir())
+    assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id, hf.unk_token_id) == (2, 2, 1, 3)
+    sample = texts[::50] + plain
+    assert [hf(t, add_special_tokens=False).input_ids for t in sample] == [v.encode(t) for t in sample]
+
+
+def test_embedded_vocabulary_from_checkpoint(tmp_path):
+    ev, v = _embedded()
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(ev.embedded_tokenizer_dir(), ckpt / "tokenizer")
+    (ckpt / "config.json").write_text(json.dumps({"vocab_size": 2048}))
+    assert OPTVocabulary.from_checkpoint(ckpt) == v
+    (ckpt / "config.json").write_text(json.dumps({"vocab_size": 50272}))  # a larger model still fits it
+    assert OPTVocabulary.from_checkpoint(ckpt) == v
+    (ckpt / "config.json").write_text(json.dumps({"vocab_size": 1024}))
+    with pytest.raises(ValueError, match="smaller than the tokenizer's 2048 ids"):
+        OPTVocabulary.from_checkpoint(ckpt)
+    assert ev.main(["--vocab_size=100", f"--out_dir={tmp_path / 'x'}"]) == 2

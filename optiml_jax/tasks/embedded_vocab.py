@@ -8,16 +8,17 @@ text encodes, nothing is unknown, decoding gives the exact text back) and keeps 
 run trained with it copies it into ``final/tokenizer/``, and evaluation, inference and conversion load it from
 there like any checkpoint's tokenizer.
 
-The committed ``embedded_tokenizer/tokenizer.json`` is derived: ``python -m optiml_jax.tasks.embedded_vocab``
+The committed ``embedded_tokenizer/`` (tokenizer.json and its HF config files) is derived: ``python -m optiml_jax.tasks.embedded_vocab``
 rebuilds it from the suite (deterministically; a test checks the committed file is what the suite gives). The
 real-data configs keep GPT-2's BPE.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import gin
 import tokenizers
@@ -29,6 +30,9 @@ VOCAB_SIZE = 2048
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")  # fairseq/OPT order: ids 0-3
 TOKENIZER_DIR = pathlib.Path(__file__).resolve().parent / "embedded_tokenizer"
 TOKENIZER_FILE = "tokenizer.json"
+# OPT's special tokens, written out so Hugging Face loads the folder (AutoTokenizer, an exported HF directory) with
+# the same ids as `OPTVocabulary`; without them it would add GPT-2's "<|endoftext|>" as a new token.
+HF_SPECIAL_TOKENS = {"bos_token": "</s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
 
 
 def corpus() -> Iterator[str]:
@@ -55,10 +59,13 @@ def build(vocab_size: int = VOCAB_SIZE) -> tokenizers.Tokenizer:
 
 
 def write(out_dir: str | pathlib.Path, vocab_size: int = VOCAB_SIZE) -> pathlib.Path:
-    """Builds the tokenizer and writes ``out_dir/tokenizer.json``; returns the folder."""
+    """Builds the tokenizer and writes ``out_dir/tokenizer.json`` and its HF configs; returns the folder."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     build(vocab_size).save(str(out / TOKENIZER_FILE), pretty=False)
+    (out / "special_tokens_map.json").write_text(json.dumps(HF_SPECIAL_TOKENS, indent=2) + "\n")
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **HF_SPECIAL_TOKENS, "model_max_length": 1024}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out
 
 
