@@ -1,7 +1,7 @@
 """Where our train step spends its time: `python -m bench.profile_step [--model 125m-2l --seq-len 512 ...]`.
 
 Times jitted pieces of the step side by side (round-robin, one process): forward loss, forward+backward with
-and without dropout, the tied LM head + cross-entropy alone, the embedding-gradient scatter alone, and the whole
+and without dropout, the tied LM head + cross-entropy alone (full logits and chunked, `optiml_jax.losses`), the embedding-gradient scatter alone, and the whole
 Trainer step (forward, backward, clipping, AdamW). Also prints the HF PyTorch step for reference. The results
 motivated the optimisations listed in bench/README.md.
 """
@@ -17,7 +17,7 @@ os.environ.setdefault("USE_TF", "0")
 
 
 def profile(model: str, *, seq_len: int, batch: int, repeats: int, prng: str = "threefry2x32",
-            include_hf: bool = True) -> dict[str, Any]:
+            include_hf: bool = True, ce_chunk_tokens: int = 2048) -> dict[str, Any]:
     """Best-of-`repeats` seconds of each piece of the step (see module docstring)."""
     import jax
 
@@ -36,11 +36,12 @@ def profile(model: str, *, seq_len: int, batch: int, repeats: int, prng: str = "
     m = ours.trainer.model
     rng = jax.random.PRNGKey(0)
 
-    def loss(p, deterministic):
-        logits = m.apply({"params": p}, b["decoder_input_tokens"], segment_ids=b["decoder_segment_ids"],
-                         positions=b["decoder_positions"], deterministic=deterministic,
-                         rngs=None if deterministic else {"dropout": rng})
-        s, w = losses.cross_entropy_from_logits(logits, b["decoder_target_tokens"], b["decoder_loss_weights"])
+    def loss(p, deterministic):  # as the trainer's (chunked LM head)
+        hidden, e = m.apply({"params": p}, b["decoder_input_tokens"], segment_ids=b["decoder_segment_ids"],
+                            positions=b["decoder_positions"], deterministic=deterministic,
+                            rngs=None if deterministic else {"dropout": rng}, return_hidden=True)
+        s, w = losses.cross_entropy_sums(hidden, e, b["decoder_target_tokens"], b["decoder_loss_weights"],
+                                         chunk_tokens=ours.trainer.config.ce_chunk_tokens)
         return s / w
 
     fwd = jax.jit(lambda p: loss(p, True))
@@ -49,12 +50,13 @@ def profile(model: str, *, seq_len: int, batch: int, repeats: int, prng: str = "
     emb = params["embed_tokens"]["embedding"]
     h = jax.random.normal(rng, (batch, seq_len, cfg.word_embed_proj_dim), jnp.float32)
 
-    def head_loss(e, h):
-        logits = jnp.einsum("bld,vd->blv", h, e, preferred_element_type=jnp.float32)
-        s, w = losses.cross_entropy_from_logits(logits, b["decoder_target_tokens"], b["decoder_loss_weights"])
+    def head_loss(e, h, chunk):
+        s, w = losses.cross_entropy_sums(h, e, b["decoder_target_tokens"], b["decoder_loss_weights"],
+                                         chunk_tokens=chunk)
         return s / w
 
-    head = jax.jit(jax.grad(head_loss, argnums=(0, 1)))
+    head = jax.jit(jax.grad(lambda e, h: head_loss(e, h, 0), argnums=(0, 1)))
+    head_chunked = jax.jit(jax.grad(lambda e, h: head_loss(e, h, ce_chunk_tokens), argnums=(0, 1)))
     scatter = jax.jit(jax.grad(lambda e: jnp.sum(jnp.take(e, b["decoder_input_tokens"], axis=0) * h)))
     block = jax.block_until_ready
     fns = {
@@ -62,6 +64,7 @@ def profile(model: str, *, seq_len: int, batch: int, repeats: int, prng: str = "
         "forward+backward, no dropout": lambda: block(grad_nodrop(params)),
         "forward+backward, dropout 0.1": lambda: block(grad_drop(params)),
         "LM head + cross-entropy fwd+bwd": lambda: block(head(emb, h)),
+        f"LM head + cross-entropy fwd+bwd, chunks of {ce_chunk_tokens}": lambda: block(head_chunked(emb, h)),
         "embedding lookup backward (scatter-add)": lambda: block(scatter(emb)),
         "whole Trainer step": ours,
     }
@@ -79,6 +82,7 @@ def profile(model: str, *, seq_len: int, batch: int, repeats: int, prng: str = "
     head = 6.0 * cfg.vocab_size * cfg.word_embed_proj_dim
     flops = {"forward (loss, no dropout)": fpt / 3 * tokens, "forward+backward, no dropout": fpt * tokens,
              "forward+backward, dropout 0.1": fpt * tokens, "LM head + cross-entropy fwd+bwd": head * tokens,
+             f"LM head + cross-entropy fwd+bwd, chunks of {ce_chunk_tokens}": head * tokens,
              "whole Trainer step": fpt * tokens, "whole Trainer step, bf16 compute": fpt * tokens,
              "HF PyTorch step": fpt * tokens, "2048^3 f32 matmul (peak reference)": 2.0 * 2048 ** 3}
     gflops = {k: flops[k] / out[k] / 1e9 for k in out if k in flops}
@@ -87,11 +91,9 @@ def profile(model: str, *, seq_len: int, batch: int, repeats: int, prng: str = "
 
 
 def ce_memory(model: str, *, seq_len: int, batch: int, chunk: int) -> dict[str, Any]:
-    """Compiled temp bytes of the LM head + cross-entropy gradient: as in the trainer (all [tokens, vocab] f32
-    logits live at once) vs a chunked loss that recomputes each chunk's logits in the backward pass.
-
-    A prototype of the proposed trainer change (bench/README.md); compile-only, nothing is run.
-    """
+    """Compiled temp bytes of the LM head + cross-entropy gradient: full [tokens, vocab] f32 logits
+    (``chunk_tokens=0``) vs `optiml_jax.losses.cross_entropy_sums` with ``chunk`` logits rows at a time.
+    Compile-only, nothing is run."""
     import jax
     import jax.numpy as jnp
 
@@ -100,27 +102,16 @@ def ce_memory(model: str, *, seq_len: int, batch: int, chunk: int) -> dict[str, 
 
     cfg = bench_config(model, seq_len)
     n = batch * seq_len
-    if n % chunk:
-        raise ValueError(f"chunk {chunk} must divide batch * seq_len = {n}")
     e = jax.ShapeDtypeStruct((cfg.vocab_size, cfg.word_embed_proj_dim), jnp.float32)
-    h = jax.ShapeDtypeStruct((n, cfg.word_embed_proj_dim), jnp.float32)
-    t = jax.ShapeDtypeStruct((n,), jnp.int32)
+    h = jax.ShapeDtypeStruct((batch, seq_len, cfg.word_embed_proj_dim), jnp.float32)
+    t = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
 
-    def full(e, h, t):
-        logits = jnp.einsum("nd,vd->nv", h, e, preferred_element_type=jnp.float32)
-        return losses.cross_entropy_from_logits(logits, t, jnp.ones_like(t, jnp.float32))[0]
-
-    def chunked(e, h, t):
-        @jax.checkpoint
-        def one(args):
-            hc, tc = args
-            logits = jnp.einsum("nd,vd->nv", hc, e, preferred_element_type=jnp.float32)
-            return losses.cross_entropy_from_logits(logits, tc, jnp.ones_like(tc, jnp.float32))[0]
-        return jnp.sum(jax.lax.map(one, (h.reshape(-1, chunk, h.shape[-1]), t.reshape(-1, chunk))))
+    def loss(c):
+        return lambda e, h, t: losses.cross_entropy_sums(h, e, t, jnp.ones(t.shape, jnp.float32), chunk_tokens=c)[0]
 
     out = {}
-    for name, fn in (("full", full), ("chunked", chunked)):
-        compiled = jax.jit(jax.grad(fn, argnums=(0, 1))).lower(e, h, t).compile()
+    for name, c in (("full", 0), ("chunked", chunk)):
+        compiled = jax.jit(jax.grad(loss(c), argnums=(0, 1))).lower(e, h, t).compile()
         out[name] = int(compiled.memory_analysis().temp_size_in_bytes)
     return {"model": model, "tokens": n, "chunk": chunk, "temp_bytes": out,
             "bytes_per_token": {k: v / n for k, v in out.items()}}
@@ -137,12 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-hf", action="store_true")
     p.add_argument("--ce-memory-chunk", type=int, default=0,
                    help="instead: compare LM-head/CE gradient memory, full vs chunks of this many tokens")
+    p.add_argument("--ce-chunk-tokens", type=int, default=2048, help="chunk of the chunked LM-head piece")
     args = p.parse_args(argv)
     if args.ce_memory_chunk:
         print(json.dumps(ce_memory(args.model, seq_len=args.seq_len, batch=args.batch, chunk=args.ce_memory_chunk)))
         return 0
     r = profile(args.model, seq_len=args.seq_len, batch=args.batch, repeats=args.repeats, prng=args.prng,
-                include_hf=not args.no_hf)
+                include_hf=not args.no_hf, ce_chunk_tokens=args.ce_chunk_tokens)
     step = r["best_s"]["whole Trainer step"]
     print(f"| piece ({r['model']}, {r['batch']}x{r['seq_len']}, prng {r['prng']}) | best s | share of step "
           "| model GFLOP/s |")
