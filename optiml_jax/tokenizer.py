@@ -20,6 +20,11 @@ Special tokens come from (in this order) explicit constructor arguments, the fol
 that occur literally in the text (e.g. "</s>") are mapped to their ids, exactly like the HF tokenizers, so that ids
 match checkpoints tokenized with HF. `decode` drops every special, pad, negative and padded-range id.
 
+Besides GPT-2's and OPT's files, the embedded suite ships its own 2,048-id byte-level BPE in this layout
+(``optiml_jax/tasks/embedded_tokenizer/``: tokenizer.json with OPT's fairseq special tokens, built by
+`optiml_jax.tasks.embedded_vocab`); the tiny CPU default trains with it and carries it in its checkpoints'
+``tokenizer/`` folder, so nothing here treats it specially.
+
 This is a leaf module: it imports nothing else from `optiml_jax`.
 """
 from __future__ import annotations

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import random
 
-from optiml_jax.tasks.embedded import language, programs, shared  # noqa: F401  (registers the families)
+from optiml_jax.tasks.embedded import language, programs, shared  # importing them registers the families
 from optiml_jax.tasks.embedded.core import (  # noqa: F401  (re-exported)
     FAMILIES,
     FEMALE,
@@ -39,6 +40,17 @@ from optiml_jax.tasks.schema import Example, TaskInfo
 # 500 leaves 50 held-out instances to each fully supervised task (heldout_instance_fraction 0.1), enough for
 # an evaluation whose intervals are a few points wide, and 450 to train on.
 NUM_INSTANCES = 500
+
+
+def code_fingerprint() -> str:
+    """A digest of the code that generates the suite (this module and the family modules): caches of its
+    examples (the token cache) are stale when it changes."""
+    from optiml_jax.tasks.embedded import core
+
+    h = hashlib.sha256()
+    for module in (core, programs, language, shared, inspect.getmodule(code_fingerprint)):
+        h.update(inspect.getsource(module).encode("utf-8"))
+    return h.hexdigest()
 
 
 def _seed(task_name: str) -> int:
