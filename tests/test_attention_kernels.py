@@ -6,6 +6,8 @@ on accelerators, at tiny shapes because the interpreter is slow. "cudnn" runs th
 """
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -162,26 +164,35 @@ def _tiny(kernel: str, layers: int = 1):
                                                      num_hidden_layers=layers, attention_kernel=kernel))
 
 
+@functools.cache
+def _loss_and_grad(kernel: str):
+    """jit(value_and_grad) of a tiny model's next-token loss over real, same-segment targets, per kernel (cached:
+    the XLA reference is compiled once for every test that compares with it)."""
+    model = _tiny(kernel)
+
+    def f(params, ids, seg):
+        logits = model.apply({"params": params}, ids, segment_ids=seg)
+        logp = jax.nn.log_softmax(logits[:, :-1])
+        nll = -jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
+        return jnp.sum(nll * ((seg[:, 1:] != 0) & (seg[:, 1:] == seg[:, :-1]))), logits
+
+    return jax.jit(jax.value_and_grad(f, has_aux=True))
+
+
+@functools.cache
+def _tiny_params():
+    return _tiny("xla").init_params(jax.random.PRNGKey(0))
+
+
 @pytest.mark.parametrize("name", ["pallas", "splash", "cudnn"])
 def test_model_with_kernel_equals_xla(name):
     batch, length = 2, 24
     seg = _single_segments(batch, length) if name == "cudnn" else _packed_segments(batch, length)
     seg = jnp.asarray(seg)
     ids = jnp.asarray(np.random.default_rng(2).integers(3, 128, (batch, length)), jnp.int32)
-    ref_model, model = _tiny("xla"), _tiny(name)
-    params = ref_model.init_params(jax.random.PRNGKey(0))
-    real = seg != 0
-
-    def loss(m):
-        def f(p):
-            logits = m.apply({"params": p}, ids, segment_ids=seg)
-            logp = jax.nn.log_softmax(logits[:, :-1])
-            nll = -jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
-            return jnp.sum(nll * (real[:, 1:] & (seg[:, 1:] == seg[:, :-1]))), logits
-        return f
-
-    (l_ref, logits_ref), g_ref = jax.jit(jax.value_and_grad(loss(ref_model), has_aux=True))(params)
-    (l_got, logits), g_got = jax.jit(jax.value_and_grad(loss(model), has_aux=True))(params)
+    params, real = _tiny_params(), seg != 0
+    (l_ref, logits_ref), g_ref = _loss_and_grad("xla")(params, ids, seg)
+    (l_got, logits), g_got = _loss_and_grad(name)(params, ids, seg)
     assert _max_diff(logits, logits_ref, real[:, :, None]) < FWD_TOL
     assert abs(float(l_got) - float(l_ref)) < FWD_TOL * max(1.0, abs(float(l_ref)))
     diffs = jax.tree.leaves(jax.tree.map(_max_diff, g_got, g_ref))
@@ -195,7 +206,7 @@ def test_decoding_with_a_fused_kernel_takes_the_xla_path():
     ids = jnp.asarray([[1, 1, 9, 10, 11], [5, 6, 7, 8, 9]], jnp.int32)
     seg = jnp.asarray([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], jnp.int32)
     outs = []
-    params = _tiny("xla").init_params(jax.random.PRNGKey(0))
+    params = _tiny_params()
     for kernel in ("xla", "pallas"):
         model = _tiny(kernel)
 
@@ -237,7 +248,7 @@ def test_fused_kernel_under_a_mesh_runs_per_device_and_equals_xla():
     # batch gathered around an unpartitionable custom call.
     seg = jnp.asarray(_packed_segments(2, 24))
     ids = jnp.asarray(np.random.default_rng(3).integers(3, 128, (2, 24)), jnp.int32)
-    params = _tiny("xla").init_params(jax.random.PRNGKey(0))
+    params = _tiny_params()
     ref = _tiny("xla").apply({"params": params}, ids, segment_ids=seg)
     model = _tiny("pallas")
     mesh = partitioning.create_mesh({"data": 2, "fsdp": 1, "model": 2}, jax.devices()[:4])
