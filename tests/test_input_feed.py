@@ -177,14 +177,22 @@ RUN = TINY_RUN + [
 ]
 
 
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory) -> dict:
+    """The CLI runs' environment; their token cache (built by the first run) lives in the module's tmp dir."""
+    out = env(2)
+    out["OPTIML_CACHE_DIR"] = str(tmp_path_factory.mktemp("token_cache"))
+    return out
+
+
 def _cmd(model_dir: pathlib.Path, prefetch: int) -> list[str]:
     return [sys.executable, "-m", "optiml_jax.train", *RUN, f"--gin.MODEL_DIR='{model_dir}'",
             f"--gin.optiml_jax.train.prefetch={prefetch}"]
 
 
-def _run(model_dir: pathlib.Path, prefetch: int) -> subprocess.CompletedProcess:
-    done = subprocess.run(_cmd(model_dir, prefetch), cwd=REPO, env=env(2), capture_output=True, text=True,
-                          timeout=900)
+def _run(model_dir: pathlib.Path, prefetch: int, run_env: dict) -> subprocess.CompletedProcess:
+    done = subprocess.run(_cmd(model_dir, prefetch), cwd=REPO, env=run_env, capture_output=True, text=True,
+                          timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -204,31 +212,40 @@ def _checkpoint_inputs(model_dir: pathlib.Path) -> dict[int, dict]:
             for p in root.iterdir() if p.name.isdigit()}
 
 
+def test_a_non_finite_loss_found_one_step_late_still_saves_nothing_after_it(cache_env, tmp_path):
+    from optiml_jax import errors
+
+    model_dir = tmp_path / "diverged"
+    # Adam moves every parameter by about the learning rate: 1e30 overflows the activations at the second step.
+    cmd = _cmd(model_dir, prefetch=2) + ["--gin.TRAIN_STEPS=4", "--gin.CheckpointConfig.save_every=1",
+                                         "--gin.OptimizerConfig.learning_rate=1e30",
+                                         "--gin.OptimizerConfig.warmup_steps=0"]
+    done = subprocess.run(cmd, cwd=REPO, env=cache_env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == errors.EXIT_NON_FINITE, done.stderr[-3000:]
+    assert "non-finite loss" in done.stderr and "at step 2;" in done.stderr
+    assert "the batch held examples of: embedded_" in done.stderr
+    assert sorted(losses(model_dir)) == [1]
+    assert sorted(_checkpoint_inputs(model_dir)) == [1]   # step 2 ran, and was neither logged nor saved
+
+
 @pytest.fixture(scope="module")
-def unprefetched(tmp_path_factory) -> pathlib.Path:
+def unprefetched(tmp_path_factory, cache_env) -> pathlib.Path:
     model_dir = tmp_path_factory.mktemp("feed") / "prefetch0"
-    _run(model_dir, prefetch=0)
+    _run(model_dir, prefetch=0, run_env=cache_env)
     return model_dir
 
 
 @pytest.mark.slow
-def test_prefetch_changes_nothing_and_checkpoints_hold_the_consumed_position(unprefetched, tmp_path):
-    from optiml_jax.tasks import pipeline
-    from optiml_jax.tokenizer import OPTVocabulary
-
+def test_prefetch_changes_nothing_and_checkpoints_hold_the_consumed_position(unprefetched, cache_env, tmp_path):
     ahead = tmp_path / "prefetch4"
-    _run(ahead, prefetch=4)
+    _run(ahead, prefetch=4, run_env=cache_env)
     want = _step_lines(unprefetched)
     assert sorted(want) == list(range(1, STEPS + 1))
     assert _step_lines(ahead) == want   # bit for bit: floats compared exactly
+    # The stored position is the one after exactly `step` batches (what the serial run stores), not where the
+    # producer had got to.
     inputs = _checkpoint_inputs(ahead)
     assert inputs == _checkpoint_inputs(unprefetched) and sorted(inputs) == [2, 4, 6, 8]
-    # The stored position is the one after exactly `step` batches, not where the producer had got to.
-    data = pipeline.TrainInput(vocab=OPTVocabulary.default(), batch_size=4, seq_len=64, seed=0, split="embedded")
-    for step in range(1, STEPS + 1):
-        next(data)
-        if step in inputs:
-            assert inputs[step]["inputs"] == [data.state()], step
     seen = [json.loads(x) for x in (ahead / "metrics.jsonl").read_text().splitlines() if "examples_seen" in x]
     assert [r["step"] for r in seen] == [2, 4, 6, 8]
     totals: dict[str, int] = {}
@@ -239,25 +256,25 @@ def test_prefetch_changes_nothing_and_checkpoints_hold_the_consumed_position(unp
 
 
 @pytest.mark.slow
-def test_kill9_while_batches_are_prefetched_then_resume_equals_uninterrupted(unprefetched, tmp_path):
+def test_kill9_while_batches_are_prefetched_then_resume_equals_uninterrupted(unprefetched, cache_env, tmp_path):
     model_dir = tmp_path / "killed"
-    log = open(tmp_path / "killed.log", "w")
-    proc = subprocess.Popen(_cmd(model_dir, prefetch=4), cwd=REPO, env=env(2), stdout=log, stderr=subprocess.STDOUT)
     metrics = model_dir / "metrics.jsonl"
     killed_after = None
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        text = metrics.read_text() if metrics.exists() else ""
-        done = [json.loads(x)["step"] for x in text.splitlines() if text.endswith("\n") and '"loss"' in x]
-        if done and max(done) >= 3:
-            proc.send_signal(signal.SIGKILL)   # the producer is up to 4 batches ahead of the step
-            killed_after = max(done)
-            break
-        time.sleep(0.01)
-    proc.wait()
-    log.close()
+    with open(tmp_path / "killed.log", "w") as log:
+        proc = subprocess.Popen(_cmd(model_dir, prefetch=4), cwd=REPO, env=cache_env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            text = metrics.read_text() if metrics.exists() else ""
+            done = [json.loads(x)["step"] for x in text.splitlines() if text.endswith("\n") and '"loss"' in x]
+            if done and max(done) >= 3:
+                proc.send_signal(signal.SIGKILL)   # the producer is up to 4 batches ahead of the step
+                killed_after = max(done)
+                break
+            time.sleep(0.01)
+        proc.wait()
     assert killed_after is not None and killed_after < STEPS, (tmp_path / "killed.log").read_text()[-2000:]
-    again = _run(model_dir, prefetch=1)   # another depth on resume: results do not depend on it
+    again = _run(model_dir, prefetch=1, run_env=cache_env)   # another depth on resume: results do not depend on it
     assert "resumed from" in again.stdout
     assert "results-changing" not in again.stdout
     assert losses(model_dir) == losses(unprefetched)

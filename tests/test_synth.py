@@ -90,6 +90,7 @@ def test_training_on_a_synth_bench_in_the_tools_form(tmp_path, monkeypatch, caps
     data = tmp_path / "synth"
     synth.write_synth_bench(data, num_tasks=8, examples_per_task=30)
     monkeypatch.setenv("OPTIML_DATA_DIR", str(data))
+    monkeypatch.setenv("OPTIML_CACHE_DIR", str(tmp_path / "token_cache"))   # training builds its token cache
     monkeypatch.chdir(REPO)
     model_dir = tmp_path / "run"
     rc = train.main(["--gin_file=gin/train/tiny_cpu.gin", f"--gin_file={data / synth.GIN_FILE}",
