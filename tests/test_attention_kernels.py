@@ -122,10 +122,11 @@ def test_fused_kernel_equals_xla_on_packed_padded_batch(name):
         assert _max_diff(g, w) < GRAD_TOL
 
 
-def test_pallas_bfloat16_keeps_dtype_and_matches():
+@pytest.mark.parametrize("name", ["pallas", "splash"])
+def test_fused_kernel_bfloat16_keeps_dtype_and_matches(name):
     seg = jnp.asarray(_packed_segments(2, 32))
     q, k, v = _qkv((2, 32, 2, 16), dtype=jnp.bfloat16)
-    out = jax.jit(_kernel("pallas"))(q, k, v, seg)
+    out = jax.jit(_kernel(name))(q, k, v, seg)
     ref = _reference(q, k, v, seg)
     assert out.dtype == jnp.bfloat16
     assert _max_diff(out, ref) < 2e-2  # bf16 rounding of the probabilities and the output
