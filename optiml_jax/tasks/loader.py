@@ -82,8 +82,8 @@ class CachedTrainInput(PackedStream):
     Same arguments and behaviour as `pipeline.TrainInput`, plus ``cache_dir`` (None: the default folder,
     built or refreshed by itself; a folder: used as it is, refused when stale unless ``rebuild``),
     ``num_threads`` / ``prefetch`` (grain read threads and segments buffered ahead), ``host_index`` /
-    ``num_hosts`` (which share of a missing cache this process builds) and ``barrier`` (waits for every host's
-    share). ``cache_dir_used`` is the folder read.
+    ``num_hosts`` (which share of a missing cache this process builds; None: all of it) and ``barrier`` (waits
+    for every host's share). ``cache_dir_used`` is the folder read.
     """
 
     name = "CachedTrainInput"
@@ -102,8 +102,8 @@ class CachedTrainInput(PackedStream):
         self.bench = bench or pipeline.get_bench(data_dir, split)
         plan = cache_lib.plan(self.bench, mixture, vocab, tuple(sorted(config.extra_tasks)))
         self.cache_dir_used, found = cache_lib.ensure(
-            plan, cache_dir, rebuild=rebuild, host_index=shard_index if host_index is None else host_index,
-            num_hosts=num_shards if num_hosts is None else num_hosts, barrier=barrier, progress=progress)
+            plan, cache_dir, rebuild=rebuild, host_index=host_index or 0, num_hosts=num_hosts or 1, barrier=barrier,
+            progress=progress)
         counts = {e.name: e.count for e in found}
         rates, self.skipped_tasks = pipeline.training_rates(self.bench, mixture, config, counts=counts)
         user = {n: counts[n] for n in config.extra_tasks}

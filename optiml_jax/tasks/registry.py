@@ -12,8 +12,8 @@ e.g. "-" -> ":2d:"):
   (token ``inputs`` / ``targets``) joins a mixture by name with ``mixture_config.extra_tasks``.
 - ``optiml.<task>.<k>shot`` for every evaluation task and k in `EVAL_SHOTS_REGISTERED`: k-shot prompts.
 - ``optiml_train`` (the split's training tasks) and ``optiml_max_train`` (all tasks, the "Max" variant): one
-  seqio.Task each whose source is the pre-mixed, index-based stream of `pipeline.TrainInput` (already
-  tokenised; sharding = the sampler's disjoint per-host streams). A 2,000-task seqio.Mixture would build one
+  seqio.Task each whose source is the pre-mixed, index-based stream of `loader.CachedTrainInput` over the token
+  cache (already tokenised; sharding = the sampler's disjoint per-host streams). A 2,000-task seqio.Mixture would build one
   tf.data pipeline per task and be ~300x slower.
 - Evaluation mixtures ``optiml_<split>`` (split = validation|test) with sub-mixtures ``optiml_<split>_<level>``,
   ``optiml_<split>_<k>shot`` and ``optiml_<split>_<level>_<k>shot``: seqio.Mixtures over the k-shot tasks.
@@ -204,10 +204,12 @@ def _make_stream_source(bench: pipeline.Bench, mixture: str, vocab, seq_len: int
             del shuffle, sequence_length, use_cached, num_epochs  # the stream is already random and endless
             if split != "train":
                 raise ValueError(f"{mixture}: only the 'train' split exists, got {split!r}")
+            from optiml_jax.tasks import loader   # the token cache: the stream never loads the whole bench
+
             index, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
-            stream = pipeline.TrainInput(mixture, vocab=vocab, batch_size=1, seq_len=seq_len, seed=seed or 0,
-                                         shard_index=index, num_shards=count, bench=bench,
-                                         mixture_config=mixture_config)
+            stream = loader.CachedTrainInput(mixture, vocab=vocab, batch_size=1, seq_len=seq_len, seed=seed or 0,
+                                             shard_index=index, num_shards=count, bench=bench,
+                                             mixture_config=mixture_config)
 
             def gen():
                 for src, tgt, _ in stream.iter_examples():

@@ -1,0 +1,110 @@
+"""kill -9 on the token cache's side, through the CLIs: a training run killed mid-way resumes from its last
+checkpoint on the cached loader and equals an uninterrupted run step for step; a cache build killed mid-way
+continues task by task and ends with the same content as a build that was never interrupted."""
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from train_runs import REPO, TINY_RUN, env, losses
+
+STEPS = 12
+RUN = TINY_RUN + [
+    "--gin.optiml_jax.train.heldout_max_batches=0",
+    "--gin.optiml_jax.train.export_final=False",
+    "--gin.CheckpointConfig.save_every=4",
+    "--gin.CheckpointConfig.async_save=False",
+]
+
+
+def _env(cache_home: pathlib.Path) -> dict:
+    out = env(2)
+    out["OPTIML_CACHE_DIR"] = str(cache_home)
+    return out
+
+
+def _cmd(model_dir: pathlib.Path) -> list[str]:
+    return [sys.executable, "-m", "optiml_jax.train", *RUN, f"--gin.TRAIN_STEPS={STEPS}",
+            f"--gin.MODEL_DIR='{model_dir}'"]
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 900) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the process ended (rc {proc.poll()}) before the awaited point")
+
+
+def _steps_logged(metrics: pathlib.Path) -> int:
+    if not metrics.exists():
+        return 0
+    done = [json.loads(ln)["step"] for ln in metrics.read_text().splitlines() if ln.endswith("}") and '"loss"' in ln]
+    return max(done, default=0)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_resumes_on_the_cached_loader_equal_to_uninterrupted(tmp_path):
+    home = tmp_path / "cache_home"
+    reference = tmp_path / "reference"
+    done = subprocess.run(_cmd(reference), cwd=REPO, env=_env(home), capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    caches = list(home.iterdir())
+    assert len(caches) == 1 and (caches[0] / "manifest.json").is_file()   # it trained from the token cache
+
+    model_dir = tmp_path / "run"
+    log = open(tmp_path / "run.log", "w")
+    proc = subprocess.Popen(_cmd(model_dir), cwd=REPO, env=_env(home), stdout=log, stderr=subprocess.STDOUT)
+    _wait_for(lambda: _steps_logged(model_dir / "metrics.jsonl") >= 6, proc)
+    proc.send_signal(signal.SIGKILL)   # no handler runs: the last checkpoint (step 4) is all that is left
+    proc.wait(timeout=60)
+    log.close()
+    assert 4 in [int(p.name) for p in (model_dir / "checkpoints").iterdir() if p.name.isdigit()]
+    again = subprocess.run(_cmd(model_dir), cwd=REPO, env=_env(home), capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stdout
+    want, got = losses(reference), losses(model_dir)
+    assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-6, abs=1e-6), step
+
+
+def _build_cmd(out: pathlib.Path) -> list[str]:
+    return [sys.executable, "-m", "optiml_jax.tasks", "cache", "--mixture", "optiml_train", "--split", "embedded",
+            "--out", str(out), "--no_progress"]
+
+
+def _contents(out: pathlib.Path) -> dict[str, str]:
+    return {p.name: json.loads(p.read_text())["content_fp"] for p in (out / "tasks").glob("*.json")}
+
+
+@pytest.mark.slow
+def test_kill_9_mid_build_continues_task_by_task_to_the_same_cache(tmp_path):
+    clean = tmp_path / "clean"
+    done = subprocess.run(_build_cmd(clean), cwd=REPO, env=_env(tmp_path), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    want = _contents(clean)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_build_cmd(out), cwd=REPO, env=_env(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _wait_for(lambda: (out / "tasks").is_dir() and len(list((out / "tasks").glob("*.json"))) >= 5, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    kept = _contents(out)
+    assert 5 <= len(kept) < len(want) and not (out / "manifest.json").exists()
+    again = subprocess.run(_build_cmd(out), cwd=REPO, env=_env(tmp_path), capture_output=True, text=True,
+                           timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads(again.stdout.strip().splitlines()[-1])
+    assert summary["built"] == len(want) - len(kept) and summary["remaining"] == 0
+    assert _contents(out) == want and (out / "manifest.json").is_file()
+    check = subprocess.run(_build_cmd(out) + ["--check"], cwd=REPO, env=_env(tmp_path), capture_output=True,
+                           text=True, timeout=900)
+    assert check.returncode == 0 and '"stale_or_missing": 0' in check.stdout
