@@ -163,6 +163,18 @@ def test_shard_splits_units_disjointly():
         runner.shard(units, 4, 4)
 
 
+def test_finished_runs_are_skipped_and_other_settings_refused(tmp_path):
+    from optiml_jax.experiments import runner
+
+    settings = runner.Settings(name="x", experiment_dir=str(tmp_path), train_steps=7, split="embedded")
+    unit = runner.TrainUnit("n4-subset0", 0, {"tasks": ("a", "b")}, ("full",))
+    marker = runner.run_dir(settings, unit.train_key) / runner.TRAIN_MARKER
+    runner._write_json(marker, {**runner._train_record(settings, unit), "seconds": 12.5})
+    assert runner.train_run(settings, unit) == marker.parent     # finished (timings aside): not trained again
+    with pytest.raises(defs.ExperimentError, match="trained by other settings"):
+        runner.train_run(dataclasses.replace(settings, train_steps=8), unit)
+
+
 # ------------------------------------------------------------------------------- knobs reach what they say
 
 @pytest.fixture(scope="module")
@@ -373,3 +385,17 @@ def test_smoke_sweep_writes_results_and_figure_and_resumes(tmp_path, capsys):
     assert [m.stat().st_mtime for m in markers] == before
     assert "initialised" not in capsys.readouterr().out
     assert json.loads((tmp_path / "results.json").read_text())["points"] == res["points"]
+    # A run killed after its last checkpoint but before it finished: the rerun resumes it (no new
+    # initialisation), evaluates it again and gives the same results.
+    import shutil
+
+    killed = markers[0].parent
+    markers[0].unlink()
+    shutil.rmtree(killed / "final")
+    shutil.rmtree(killed / "eval-full")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "initialised" not in out
+    again = json.loads((tmp_path / "results.json").read_text())["points"]
+    assert [(p["score"], p["ci_low"], p["ci_high"]) for p in again] == \
+        [(p["score"], p["ci_low"], p["ci_high"]) for p in res["points"]]

@@ -262,9 +262,10 @@ def train_run(settings: Settings, unit: TrainUnit) -> pathlib.Path:
     marker = model_dir / TRAIN_MARKER
     record = _train_record(settings, unit)
     if marker.exists():
-        if _read_json(marker) != record:
+        stored = _read_json(marker)
+        if {k: stored.get(k) for k in record} != record:   # besides the record, the marker holds timings
             raise defs.ExperimentError(
-                f"{model_dir} was trained by other settings ({_read_json(marker)} vs {record}); use another "
+                f"{model_dir} was trained by other settings ({stored} vs {record}); use another "
                 "EXPERIMENT_DIR (SMOKE and full sweeps need different ones)")
         return model_dir
     t0 = time.time()
@@ -363,6 +364,10 @@ def finished_aggregate(settings: Settings, run: defs.Run, cfg) -> dict | None:
     out = model_dir / f"eval-{run.instructions}"
     marker = model_dir / TRAIN_MARKER
     if not (marker.exists() and (out / "results.json").exists() and (out / "run.json").exists()):
+        return None
+    record = _train_record(settings, TrainUnit(run.train_key, run.seed, run.mixture, (run.instructions,)))
+    stored = _read_json(marker)
+    if {k: stored.get(k) for k in record} != record:   # another sweep's run: not this experiment's result
         return None
     if _read_json(out / "run.json").get("settings") != json.loads(json.dumps(cfg.unit_settings())):
         return None
