@@ -8,9 +8,9 @@ Measured side by side in one run, with the load average next to every figure:
   interleaved, on the real data when present (else a synthetic bench);
 - **mixture**: per-benchmark shares of the packed examples and the share of real tokens at 2048, cache vs
   in memory, on the same stream positions;
-- **scale**: a training run (tiny model, a few steps) on a synthetic bench of S and of 10 x S tasks x 300
-  examples from a warm cache, each in a fresh process: peak RSS and the time from start to the first step's
-  metrics line; the cache builds (``python -m optiml_jax.tasks cache``) are timed separately.
+- **scale**: a synthetic bench of S and of 10 x S tasks x 300 examples: its cache build
+  (``python -m optiml_jax.tasks cache``, wall and CPU time), then two training runs (tiny model, 3 steps) from the
+  warm cache, each in a fresh process: peak RSS and the time from start to the first step's metrics line.
 
 Writes ``input_scale.json`` and ``input_scale.md`` into ``--out`` (default bench/results/).
 """
@@ -38,7 +38,7 @@ def _real_tokens(batch) -> int:
 
 
 def loader_throughput(data_dir: str | None, *, batches: int, seq_len: int = 2048, rows: int = 8,
-                      rounds: int = 3) -> dict[str, Any]:
+                      rounds: int = 3, cache_dir: str | None = None) -> dict[str, Any]:
     """Real tokens/s (wall) and per CPU-second of the cached loader (0 and 2 threads) and of TrainInput."""
     from optiml_jax.tasks import loader, pipeline
     from optiml_jax.tokenizer import OPTVocabulary
@@ -48,9 +48,9 @@ def loader_throughput(data_dir: str | None, *, batches: int, seq_len: int = 2048
     t0 = time.perf_counter()
     make = {
         "cache, 0 threads": lambda: loader.CachedTrainInput(vocab=vocab, batch_size=rows, seq_len=seq_len,
-                                                          bench=bench, num_threads=0),
+                                                          bench=bench, num_threads=0, cache_dir=cache_dir),
         "cache, 2 threads": lambda: loader.CachedTrainInput(vocab=vocab, batch_size=rows, seq_len=seq_len,
-                                                          bench=bench, num_threads=2),
+                                                          bench=bench, num_threads=2, cache_dir=cache_dir),
         "in memory (TrainInput)": lambda: pipeline.TrainInput(vocab=vocab, batch_size=rows, seq_len=seq_len,
                                                               bench=bench),
     }
@@ -78,7 +78,8 @@ def loader_throughput(data_dir: str | None, *, batches: int, seq_len: int = 2048
     return out
 
 
-def mixture_shares(data_dir: str | None, *, batches: int, seq_len: int = 2048, rows: int = 8) -> dict[str, Any]:
+def mixture_shares(data_dir: str | None, *, batches: int, seq_len: int = 2048, rows: int = 8,
+                   cache_dir: str | None = None) -> dict[str, Any]:
     """Per-benchmark shares of packed examples and real-token share at ``seq_len``: cache vs TrainInput."""
     import numpy as np
 
@@ -88,7 +89,8 @@ def mixture_shares(data_dir: str | None, *, batches: int, seq_len: int = 2048, r
     vocab = OPTVocabulary.default()
     bench = pipeline.get_bench(data_dir, None)
     out: dict[str, Any] = {"load": _load()}
-    for name, it in (("cache", loader.CachedTrainInput(vocab=vocab, batch_size=rows, seq_len=seq_len, bench=bench)),
+    cached = loader.CachedTrainInput(vocab=vocab, batch_size=rows, seq_len=seq_len, bench=bench, cache_dir=cache_dir)
+    for name, it in (("cache", cached),
                      ("in memory", pipeline.TrainInput(vocab=vocab, batch_size=rows, seq_len=seq_len, bench=bench))):
         real = 0
         for _ in range(batches):
@@ -124,35 +126,35 @@ _MEASURE = ("import resource, subprocess, sys, time, json, pathlib\n"
 
 
 def scale_run(work: pathlib.Path, num_tasks: int, examples: int, steps: int = 3) -> dict[str, Any]:
-    """Synthetic bench of ``num_tasks`` x ``examples``: its cache build, then a warm-cache training run."""
+    """Synthetic bench of ``num_tasks`` x ``examples``: its cache build (the CLI), then two training runs from
+    the warm cache, each in a fresh process (peak RSS, start to the first step's metrics line)."""
     from optiml_jax.tasks import synth
 
     data = work / f"synth_{num_tasks}x{examples}"
     if not (data / synth.MANIFEST).is_file():
         synth.write_synth_bench(data, num_tasks=num_tasks, examples_per_task=examples)
-    home = work / "cache_home"
-    gin = ["--gin_file=gin/train/tiny_cpu.gin", f"--gin_file={data / synth.GIN_FILE}"]
+    cache_dir = work / f"cache_{num_tasks}x{examples}"
+    gin_file = f"--gin_file={data / synth.GIN_FILE}"
     out: dict[str, Any] = {"tasks": num_tasks, "examples_per_task": examples}
-    # The cache this training run would build by itself, built first with the CLI (one process per core).
-    build_load = _load()
-    start = time.perf_counter()
-    model_dir = work / f"run_{num_tasks}"
-    cmd = [sys.executable, "-m", "optiml_jax.train", *gin, f"--gin.MODEL_DIR='{model_dir}'",
-           f"--gin.TRAIN_STEPS={steps}", "--gin.optiml_jax.train.progress_bar=False",
-           "--gin.optiml_jax.train.peak_flops_per_device=1e11", "--gin.optiml_jax.train.export_final=False",
-           "--gin.optiml_jax.train.heldout_max_batches=0", "--gin.optiml_jax.train.inloop_eval=None"]
-    warm = subprocess.run([sys.executable, "-c", _MEASURE, str(model_dir / "metrics.jsonl"), *cmd,
-                           "--gin.CheckpointConfig.save_every=1000000"], cwd=REPO,
-                          env=_child_env(home, data), capture_output=True, text=True)
-    out["cold_run"] = {**json.loads(warm.stdout.strip().splitlines()[-1]), "load": build_load,
-                       "wall_incl_build_s": round(time.perf_counter() - start, 1)}
-    for attempt in range(2):   # warm cache; a fresh MODEL_DIR each time
-        run_dir = work / f"run_{num_tasks}_warm{attempt}"
+    load = _load()
+    start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    build = subprocess.run([sys.executable, "-m", "optiml_jax.tasks", "cache", "--mixture", "optiml_train",
+                            "--data_dir", str(data), "--split", "custom", "--out", str(cache_dir), gin_file,
+                            "--no_progress"], cwd=REPO,
+                           env=_child_env(work / "unused_home", data), capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out["cache_build"] = {"rc": build.returncode, "wall_s": round(time.perf_counter() - start, 1), "load": load,
+                          "cpu_s": round(after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime, 1),
+                          "summary": build.stdout.strip().splitlines()[-1] if build.stdout.strip() else build.stderr[-500:]}
+    for attempt in range(2):   # a fresh MODEL_DIR each time
+        run_dir = work / f"run_{num_tasks}x{examples}_{attempt}"
+        cmd = [sys.executable, "-m", "optiml_jax.train", "--gin_file=gin/train/tiny_cpu.gin", gin_file,
+               f"--gin.MODEL_DIR='{run_dir}'", f"--gin.TRAIN_STEPS={steps}", "--gin.optiml_jax.train.progress_bar=False",
+               "--gin.optiml_jax.train.peak_flops_per_device=1e11", "--gin.optiml_jax.train.export_final=False",
+               "--gin.optiml_jax.train.heldout_max_batches=0", f"--gin.optiml_jax.train.cache_dir='{cache_dir}'"]
         load = _load()
-        res = subprocess.run([sys.executable, "-c", _MEASURE, str(run_dir / "metrics.jsonl"),
-                              *[c if not c.startswith("--gin.MODEL_DIR") else f"--gin.MODEL_DIR='{run_dir}'"
-                                for c in cmd]], cwd=REPO, env=_child_env(home, data), capture_output=True,
-                             text=True)
+        res = subprocess.run([sys.executable, "-c", _MEASURE, str(run_dir / "metrics.jsonl"), *cmd], cwd=REPO,
+                             env=_child_env(work / "unused_home", data), capture_output=True, text=True)
         out[f"warm_run_{attempt}"] = {**json.loads(res.stdout.strip().splitlines()[-1]), "load": load}
     return out
 
@@ -178,15 +180,16 @@ def _markdown(res: dict[str, Any]) -> str:
                       f"{mi['in memory']['real_token_share']}%; largest share difference "
                       f"{mi['max_share_diff_points']} points (load {mi['load']:.1f})", ""]
     if "scale" in res:
-        lines += ["## Training run vs bench size (synthetic, tiny model, 3 steps)", "",
-                  "| bench | cold run (builds its cache) s | warm: start to first step s | warm: peak RSS MB | loads |",
+        lines += ["## Training run vs bench size (synthetic, tiny model, 3 steps, two warm runs each)", "",
+                  "| bench | cache build wall s (CPU s) | warm: start to first step s | warm: peak RSS MB | loads |",
                   "|---|---|---|---|---|"]
         for s in res["scale"]:
             warm = [s[k] for k in ("warm_run_0", "warm_run_1")]
-            lines.append(f"| {s['tasks']} x {s['examples_per_task']} | {s['cold_run']['wall_incl_build_s']} | "
+            lines.append(f"| {s['tasks']} x {s['examples_per_task']} | {s['cache_build']['wall_s']} "
+                         f"({s['cache_build']['cpu_s']}) | "
                          + " / ".join(f"{w['first_step_s']:.1f}" if w["first_step_s"] else "n/a" for w in warm)
                          + " | " + " / ".join(f"{w['max_rss_mb']:.0f}" for w in warm) + " | "
-                         + ", ".join(f"{x['load']:.1f}" for x in [s["cold_run"], *warm]) + " |")
+                         + ", ".join(f"{x['load']:.1f}" for x in [s["cache_build"], *warm]) + " |")
         if len(res["scale"]) == 2:
             a, b = (min(s[k]["max_rss_mb"] for k in ("warm_run_0", "warm_run_1")) for s in res["scale"])
             lines += ["", f"peak RSS, large / small bench: {b / a:.3f} ({b - a:+.0f} MB)"]
@@ -201,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
     parser.add_argument("--work", default="/tmp/optiml_input_scale", help="synthetic benches, caches, runs")
     parser.add_argument("--data_dir", default=None)
+    parser.add_argument("--cache_dir", default=None, help="a built cache of the data dir's mixture (default: "
+                        "training's own, built when missing)")
+    parser.add_argument("--sizes", default=None, help="scale: comma-separated task counts (default 100,1000; "
+                        "--quick 10,100)")
     args = parser.parse_args(argv)
     from bench.packing import resolve_data_dir
 
@@ -209,13 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "quick": args.quick,
                            "load_start": _load()}
     if "loader" in only:
-        res["loader"] = loader_throughput(data_dir, batches=4 if args.quick else 16)
+        res["loader"] = loader_throughput(data_dir, batches=4 if args.quick else 16, cache_dir=args.cache_dir)
     if "mixture" in only:
-        res["mixture"] = mixture_shares(data_dir, batches=20 if args.quick else 200)
+        res["mixture"] = mixture_shares(data_dir, batches=20 if args.quick else 200, cache_dir=args.cache_dir)
     if "scale" in only:
         work = pathlib.Path(args.work)
         work.mkdir(parents=True, exist_ok=True)
-        sizes = (10, 100) if args.quick else (100, 1000)
+        sizes = tuple(int(x) for x in args.sizes.split(",")) if args.sizes else (10, 100) if args.quick else (100, 1000)
         res["scale"] = [scale_run(work, n, 300) for n in sizes]
     res["load_end"] = _load()
     res["self_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

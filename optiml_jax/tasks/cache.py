@@ -497,12 +497,11 @@ _WORKER: dict[str, Any] = {}
 
 def _worker_init(setup: Mapping[str, Any]) -> None:
     # A spawned process starts empty: rebuild the same gin configuration, bench and registry.
-    import gin
-
     from optiml_jax import tasks as tasks_pkg
+    from optiml_jax.tasks import cache_cli
 
     tasks_pkg.import_configurables()
-    gin.parse_config_files_and_bindings(list(setup.get("gin_files") or []), list(setup.get("gin_bindings") or []))
+    cache_cli.parse_task_gin(setup.get("gin_files") or [], setup.get("gin_bindings") or [])
     bench = pipeline.get_bench(setup.get("data_dir"), setup.get("split"))
     _WORKER["plan"] = plan(bench, setup["mixture"], setup["vocab"], setup.get("user_tasks") or ())
 

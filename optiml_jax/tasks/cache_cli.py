@@ -78,12 +78,10 @@ def _run(args) -> int:
     from optiml_jax.tokenizer import OPTVocabulary
 
     tasks_pkg.import_configurables()
-    try:
-        gin.parse_config_files_and_bindings(args.gin_file, args.gin)
-    except (ValueError, ImportError, SyntaxError) as e:   # gin's parse errors are SyntaxErrors
-        raise CacheUsageError(f"gin: {e}") from None
+    parse_task_gin(args.gin_file, args.gin)
     config = _mixture_config(gin, mixtures)
-    bench = pipeline.get_bench(args.data_dir, args.split)
+    split = args.split   # train.split of a training gin file is not read here (that configurable is skipped)
+    bench = pipeline.get_bench(args.data_dir, split)
     try:
         bench.training_task_names(args.mixture)
     except ValueError as e:
@@ -97,13 +95,30 @@ def _run(args) -> int:
         return 0 if not stale else 1
     summary = cache.build(args.out, p, workers=args.workers, host_index=host_index, num_hosts=num_hosts,
                           worker_setup={"gin_files": args.gin_file, "gin_bindings": args.gin,
-                                        "data_dir": args.data_dir, "split": args.split},
+                                        "data_dir": args.data_dir, "split": split},
                           progress=not args.no_progress)
     print(json.dumps({"cache": args.out, **summary}))
     if summary["remaining"]:
         print(f"{summary['remaining']} task(s) are other hosts' share or still missing; the manifest is written "
               "once every task is built", file=sys.stderr)
     return 0
+
+
+def parse_task_gin(files, bindings) -> None:
+    """Parses gin files / bindings for the task layer: user modules they import register their seqio Tasks,
+    ``mixture_config`` and the split definitions are bound. Training gin files may be given (their
+    ``include``s resolve as in training); bindings of configurables outside the task layer (the model, the
+    trainer) are skipped, since this command neither builds nor trains a model."""
+    import gin
+
+    from optiml_jax import gin_utils
+
+    for path in gin_utils.DEFAULT_SEARCH_PATHS:
+        gin.add_config_file_search_path(path)
+    try:
+        gin.parse_config_files_and_bindings(list(files), list(bindings), skip_unknown=True)
+    except (ValueError, ImportError, SyntaxError, OSError) as e:   # gin's parse errors are SyntaxErrors
+        raise CacheUsageError(f"gin: {e}") from None
 
 
 def _mixture_config(gin, mixtures):
