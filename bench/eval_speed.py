@@ -91,6 +91,7 @@ def main() -> None:
           f"{t4 - t0:.1f}s (process CPU {c4 - c0:.1f}s); {len(predictor.compiled_shapes)} compiled batch shapes; "
           f"{len(gen)} generations of {sum(map(len, gen)) / max(len(gen), 1):.0f} characters on average; combined "
           f"score {agg['combined']}; outputs in {out}; load: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("compiled batch shapes:", " ".join(str(x) for x in sorted(predictor.compiled_shapes)))
     if args.same_as:
         print(compare_predictions(args.same_as, out))
 

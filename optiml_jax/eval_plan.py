@@ -243,7 +243,12 @@ def describe_plan(units: Sequence[Unit], examples: Mapping[str, Sequence[Prompte
               for ex, n in zip(exs, lengths)}
     cfg_model = getattr(predictor.model, "config", None)
     n_params = cfg_model.num_params() if cfg_model is not None else 0
-    flops = 2.0 * n_params * (prompt_tokens + cand_tokens + gen_tokens)
+    # The embeddings are looked up, not multiplied; the tied output projection (the largest matmul of a small
+    # model) runs only where logits are used: each generated and candidate token and each prompt's last one.
+    head = cfg_model.vocab_size * cfg_model.word_embed_proj_dim if cfg_model is not None else 0
+    body = max(n_params - head - (cfg_model.max_position_embeddings + 2) * cfg_model.hidden_size, 0) \
+        if cfg_model is not None else 0
+    flops = 2.0 * body * (prompt_tokens + cand_tokens + gen_tokens) + 2.0 * head * (cand_tokens + gen_tokens + len(exs))
     platform = jax.devices()[0].platform
     devices = predictor.mesh.devices.size if getattr(predictor, "mesh", None) is not None else 1
     seconds = models * (flops / (_FLOPS_PER_DEVICE.get(platform, 2e10) * devices)

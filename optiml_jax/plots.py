@@ -41,7 +41,8 @@ def _bars(ax, x: float, width: float, cell: Mapping | None, shot: str, color, la
     ax.bar(x, score, width, color=color, label=label, yerr=yerr, capsize=2,
            error_kw={"elinewidth": 0.8, "ecolor": "black"})
     if score == 0.0:
-        ax.text(x, 1.0, "0", ha="center", va="bottom", fontsize=6)
+        # In the bar's colour: a 0 of one shot setting stays distinguishable from a 0 of another.
+        ax.text(x, 1.0, "0", ha="center", va="bottom", fontsize=7, fontweight="bold", color=color)
 
 
 def plot_categories(agg: Mapping, path: str | os.PathLike, *, title: str = "") -> str:

@@ -210,12 +210,12 @@ def test_reference_bound_cuts_generation_only_past_every_reference(predictor, tm
     # generation is the first tokens of the unbounded one (same prompts, same batches' shapes).
     from optiml_jax.tasks import pipeline
 
-    fixed = dataclasses.replace(CFG, max_new_tokens=40, max_examples=4)
+    fixed = dataclasses.replace(CFG, max_new_tokens=32, max_examples=3)
     bounded = dataclasses.replace(fixed, generation_limit="references")
     units = evaluation.plan(bounded)
     tasks = [u.task for u in units]
     vocab = predictor.vocab
-    assert evaluation.generation_limits(fixed, tasks, vocab) == {t.name: 40 for t in tasks}
+    assert evaluation.generation_limits(fixed, tasks, vocab) == {t.name: 32 for t in tasks}
     limits = evaluation.generation_limits(bounded, tasks, vocab)
     assert limits == evaluation.generation_limits(dataclasses.replace(bounded, max_examples=1), tasks, vocab)
     bench = pipeline.get_bench(None, "embedded")
@@ -223,9 +223,9 @@ def test_reference_bound_cuts_generation_only_past_every_reference(predictor, tm
         refs = [o.strip() for ex in bench.eval_pool(t.name, "validation") if not ex.candidates for o in ex.outputs]
         if refs:
             longest = max(len(vocab.encode(r)) for r in refs)
-            assert longest + 1 <= limits[t.name] < 40  # the embedded answers are short
+            assert longest + 1 <= limits[t.name] < 32  # the embedded answers are short
         else:
-            assert limits[t.name] == 40
+            assert limits[t.name] == 32
     assert fixed.unit_settings() != bounded.unit_settings()
     assert "generation_limit" not in fixed.unit_settings()  # run dirs from before the option still resume
 
@@ -250,9 +250,9 @@ def test_reference_bound_cuts_generation_only_past_every_reference(predictor, tm
     assert cut > 0  # a random model runs on: the bound did cut something
     # Token level, on the predictor: a bounded prompt gets exactly the first `limit` tokens.
     prompts = ["Question: what is the opposite of hot?\nAnswer:", "Say something."]
-    dcfg = evaluation.decoding.DecodeConfig(max_new_tokens=40)
+    dcfg = evaluation.decoding.DecodeConfig(max_new_tokens=32)
     full = predictor.generate_ids(prompts, dcfg)
-    short = predictor.generate_ids(prompts, dcfg, limits=[16, 40])
+    short = predictor.generate_ids(prompts, dcfg, limits=[16, 32])
     assert short[0] == full[0][:16] and short[1] == full[1]
     assert set(a["tasks"]) == set(b["tasks"])
     with pytest.raises(ValueError, match="generation_limit"):
