@@ -145,11 +145,13 @@ def scale_run(work: pathlib.Path, num_tasks: int, examples: int, steps: int = 3)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     out["cache_build"] = {"rc": build.returncode, "wall_s": round(time.perf_counter() - start, 1), "load": load,
                           "cpu_s": round(after.ru_utime + after.ru_stime - cpu.ru_utime - cpu.ru_stime, 1),
-                          "summary": build.stdout.strip().splitlines()[-1] if build.stdout.strip() else build.stderr[-500:]}
+                          "summary": (build.stdout.strip().splitlines()[-1] if build.stdout.strip()
+                                      else build.stderr[-500:])}
     for attempt in range(2):   # a fresh MODEL_DIR each time
         run_dir = work / f"run_{num_tasks}x{examples}_{attempt}"
         cmd = [sys.executable, "-m", "optiml_jax.train", "--gin_file=gin/train/tiny_cpu.gin", gin_file,
-               f"--gin.MODEL_DIR='{run_dir}'", f"--gin.TRAIN_STEPS={steps}", "--gin.optiml_jax.train.progress_bar=False",
+               f"--gin.MODEL_DIR='{run_dir}'", f"--gin.TRAIN_STEPS={steps}",
+               "--gin.optiml_jax.train.progress_bar=False",
                "--gin.optiml_jax.train.peak_flops_per_device=1e11", "--gin.optiml_jax.train.export_final=False",
                "--gin.optiml_jax.train.heldout_max_batches=0", f"--gin.optiml_jax.train.cache_dir='{cache_dir}'"]
         load = _load()
@@ -164,7 +166,8 @@ def _markdown(res: dict[str, Any]) -> str:
     if "loader" in res:
         lo = res["loader"]
         lines += [f"## Loader at seq_len {lo['seq_len']} ({lo['rows']} rows per batch), {lo['split']} split", "",
-                  "| input | best real tokens/s (wall) | best real tokens per CPU-second | loads |", "|---|---|---|---|"]
+                  "| input | best real tokens/s (wall) | best real tokens per CPU-second | loads |",
+                  "|---|---|---|---|"]
         for name, best in lo["best"].items():
             loads = ", ".join(f"{r['load']:.1f}" for r in lo["rounds"][name])
             lines.append(f"| {name} | {best['tokens_per_s']:,} | {best['tokens_per_cpu_s']:,} | {loads} |")

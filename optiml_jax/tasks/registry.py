@@ -13,8 +13,8 @@ e.g. "-" -> ":2d:"):
 - ``optiml.<task>.<k>shot`` for every evaluation task and k in `EVAL_SHOTS_REGISTERED`: k-shot prompts.
 - ``optiml_train`` (the split's training tasks) and ``optiml_max_train`` (all tasks, the "Max" variant): one
   seqio.Task each whose source is the pre-mixed, index-based stream of `loader.CachedTrainInput` over the token
-  cache (already tokenised; sharding = the sampler's disjoint per-host streams). A 2,000-task seqio.Mixture would build one
-  tf.data pipeline per task and be ~300x slower.
+  cache (already tokenised; sharding = the sampler's disjoint per-host streams). A 2,000-task seqio.Mixture
+  would build one tf.data pipeline per task and be ~300x slower.
 - Evaluation mixtures ``optiml_<split>`` (split = validation|test) with sub-mixtures ``optiml_<split>_<level>``,
   ``optiml_<split>_<k>shot`` and ``optiml_<split>_<level>_<k>shot``: seqio.Mixtures over the k-shot tasks.
 - BIG-Bench Hard (when the data dir holds ``bbh/``): ``optiml.bbh_<task>.3shot_<mode>`` (mode answer_only|cot,
