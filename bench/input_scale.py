@@ -128,7 +128,7 @@ _MEASURE = ("import resource, subprocess, sys, time, json, pathlib\n"
 def scale_run(work: pathlib.Path, num_tasks: int, examples: int, steps: int = 3) -> dict[str, Any]:
     """Synthetic bench of ``num_tasks`` x ``examples``: its cache build (the CLI), then two training runs from
     the warm cache, each in a fresh process (peak RSS, start to the first step's metrics line)."""
-    from optiml_jax.tasks import synth
+    from optiml_jax.tasks import embedded_vocab, synth
 
     data = work / f"synth_{num_tasks}x{examples}"
     if not (data / synth.MANIFEST).is_file():
@@ -140,7 +140,8 @@ def scale_run(work: pathlib.Path, num_tasks: int, examples: int, steps: int = 3)
     start, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     build = subprocess.run([sys.executable, "-m", "optiml_jax.tasks", "cache", "--mixture", "optiml_train",
                             "--data_dir", str(data), "--split", "custom", "--out", str(cache_dir), gin_file,
-                            "--no_progress"], cwd=REPO,
+                            # gin/train/tiny_cpu.gin trains with the embedded suite's tokenizer
+                            "--tokenizer_dir", embedded_vocab.embedded_tokenizer_dir(), "--no_progress"], cwd=REPO,
                            env=_child_env(work / "unused_home", data), capture_output=True, text=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     out["cache_build"] = {"rc": build.returncode, "wall_s": round(time.perf_counter() - start, 1), "load": load,
@@ -158,6 +159,8 @@ def scale_run(work: pathlib.Path, num_tasks: int, examples: int, steps: int = 3)
         res = subprocess.run([sys.executable, "-c", _MEASURE, str(run_dir / "metrics.jsonl"), *cmd], cwd=REPO,
                              env=_child_env(work / "unused_home", data), capture_output=True, text=True)
         out[f"warm_run_{attempt}"] = {**json.loads(res.stdout.strip().splitlines()[-1]), "load": load}
+        if out[f"warm_run_{attempt}"]["rc"] != 0:
+            raise RuntimeError(f"training run failed: {out[f'warm_run_{attempt}']['err']}")
     return out
 
 

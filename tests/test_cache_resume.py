@@ -108,3 +108,51 @@ def test_kill_9_mid_build_continues_task_by_task_to_the_same_cache(tmp_path):
     check = subprocess.run(_build_cmd(out) + ["--check"], cwd=REPO, env=_env(tmp_path), capture_output=True,
                            text=True, timeout=900)
     assert check.returncode == 0 and '"stale_or_missing": 0' in check.stdout
+
+
+USER_MODULE = '''
+"""A user's seqio Task in the training vocabulary of gin/train/tiny_cpu.gin (the embedded suite's BPE)."""
+import seqio
+import tensorflow as tf
+
+from optiml_jax.tasks import embedded_vocab
+from optiml_jax.tokenizer import OPTVocabulary
+
+PHRASES = [f"red {i} green {i % 5} blue" for i in range(60)]
+
+
+def dataset_fn(split, shuffle_files, seed=None):
+    return tf.data.Dataset.from_tensor_slices({
+        "inputs": [f"Reverse: {p}" for p in PHRASES],
+        "targets": [" " + " ".join(reversed(p.split())) for p in PHRASES]})
+
+
+vocab = OPTVocabulary.from_dir(embedded_vocab.embedded_tokenizer_dir())
+seqio.TaskRegistry.add(
+    "user.reverse_colours", seqio.FunctionDataSource(dataset_fn, splits=["train"]),
+    output_features={k: seqio.Feature(vocab, add_eos=False) for k in ("inputs", "targets")},
+    preprocessors=[seqio.preprocessors.tokenize])
+'''
+
+
+@pytest.mark.slow
+def test_a_user_seqio_task_named_in_a_gin_file_is_cached_and_trained(tmp_path):
+    (tmp_path / "user_colour_task.py").write_text(USER_MODULE)
+    gin_file = tmp_path / "user.gin"
+    gin_file.write_text("import user_colour_task\n"
+                        "optiml_jax.train.mixture_config = @optiml_jax.mixture_config()\n"
+                        "optiml_jax.mixture_config.extra_tasks = {'user.reverse_colours': 0.3}\n")
+    run_env = _env(tmp_path / "home")
+    run_env["PYTHONPATH"] = f"{tmp_path}:{run_env.get('PYTHONPATH', '')}"
+    model_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "optiml_jax.train", *RUN, "--gin.TRAIN_STEPS=3", f"--gin.MODEL_DIR='{model_dir}'",
+           f"--gin_file={gin_file}"]
+    done = subprocess.run(cmd, cwd=REPO, env=run_env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(ln) for ln in (model_dir / "metrics.jsonl").read_text().splitlines()]
+    seen = sum(ln.get("examples", {}).get("User", 0) for ln in lines if "loss" in ln)
+    total = sum(sum(ln.get("examples", {}).values()) for ln in lines if "loss" in ln)
+    assert seen > 0 and 0.1 < seen / total < 0.6, (seen, total)   # its rate is 0.3 of the drawn examples
+    (cache_dir,) = list((tmp_path / "home").iterdir())
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    assert manifest["user_tasks"] == ["user.reverse_colours"]

@@ -319,6 +319,13 @@ def plan(bench: pipeline.Bench, mixture: str, vocab: Any, user_tasks: Sequence[s
             except ValueError:
                 raise CacheError(f"mixture_config.extra_tasks: no seqio Task named {n!r} is registered; import "
                                  "the module that registers it from a gin file (`import my_tasks`)") from None
+            for key in ("inputs", "targets"):
+                feature = task.output_features.get(key)
+                if feature is None or feature.vocabulary != vocab:
+                    raise CacheError(
+                        f"seqio Task {n!r}: its {key!r} feature "
+                        + ("is missing" if feature is None else f"is tokenised with {feature.vocabulary!r}")
+                        + f" but training uses {vocab!r}; give the Task the training vocabulary")
             data_fp[n] = _hash(_seqio_stamp(task))
     return Plan(bench=bench, mixture=mixture, vocab=vocab, tasks=tuple(names) + tuple(user_tasks),
                 user_tasks=tuple(user_tasks), data_fp=data_fp, vocab_fp=vocab_fingerprint(vocab),
