@@ -48,8 +48,14 @@ def _check_outputs(model_dir: pathlib.Path, stdout: str, steps: int) -> None:
 
     model, params = optiml_jax.load_model(str(model_dir / "final"))
     assert model.config.name == "tiny" and model.config.num_hidden_layers == 2
-    logits = model.apply({"params": params}, np.array([[50256, 15496, 995]], np.int32))
-    assert logits.shape == (1, 3, model.config.vocab_size) and np.isfinite(np.asarray(logits)).all()
+    # The exported tokenizer (the embedded suite's 2,048 ids for tiny_cpu.gin) encodes text the model runs on.
+    from optiml_jax.tokenizer import OPTVocabulary
+
+    vocab = OPTVocabulary.from_checkpoint(model_dir / "final")
+    ids = [vocab.bos_id, *vocab.encode("Hello world")]
+    assert max(ids) < model.config.vocab_size == vocab.vocab_size
+    logits = model.apply({"params": params}, np.array([ids], np.int32))
+    assert logits.shape == (1, len(ids), model.config.vocab_size) and np.isfinite(np.asarray(logits)).all()
 
 
 def test_sigkill_then_restart_equals_uninterrupted(tmp_path):
