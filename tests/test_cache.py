@@ -290,3 +290,14 @@ def test_cache_cli_errors_are_one_line(capsys, tmp_path):
         assert tasks_cli.main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and wanted in err[0], err
+
+
+def test_sampler_draws_are_the_same_from_many_threads_across_blocks():
+    import concurrent.futures
+
+    sampler = mx.MixtureSampler(np.arange(1, 30, dtype=np.float64), seed=3, block=64)
+    positions = [int(g) for g in np.random.default_rng(0).integers(0, 64 * 50, size=4000)]
+    want = [mx.MixtureSampler(np.arange(1, 30, dtype=np.float64), seed=3, block=64).draw(g) for g in positions]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:   # the grain loader's read threads share one sampler
+        got = list(pool.map(sampler.draw, positions))
+    assert got == want

@@ -279,21 +279,22 @@ class MixtureSampler:
         self._cdf[-1] = 1.0
         self.seed = int(seed)
         self.block = int(block)
-        self._cache_block = -1
-        self._cache: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        # (block, tasks, example keys, aux keys), replaced whole: one attribute store is atomic, so reader
+        # threads (the grain loader's) never pair one block's number with another block's draws.
+        self._cache: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def _load(self, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if block != self._cache_block:
+        cache = self._cache
+        if cache is None or cache[0] != block:
             rng = np.random.Generator(np.random.PCG64([self.seed, block]))
             u = rng.random(self.block)
             tasks = np.searchsorted(self._cdf, u, side="right").astype(np.int64)
             # Guard against u == cdf[-1] rounding onto a zero-rate tail.
             np.minimum(tasks, len(self._cdf) - 1, out=tasks)
             keys = rng.integers(0, np.iinfo(np.int64).max, size=(2, self.block), dtype=np.int64)
-            self._cache = (tasks, keys[0], keys[1])
-            self._cache_block = block
-        assert self._cache is not None
-        return self._cache
+            cache = (block, tasks, keys[0], keys[1])
+            self._cache = cache
+        return cache[1], cache[2], cache[3]
 
     def draw(self, g: int) -> tuple[int, int, int]:
         """Task index and two integer keys of global draw ``g`` (``g >= 0``)."""
