@@ -212,9 +212,10 @@ def generation_limits(cfg: EvalConfig, tasks: Sequence[TaskInfo], vocab: Any) ->
 
 
 # Rough costs for the time estimate of `describe_plan`, measured with the tiny CPU model on the 2-core machine
-# (bench/README.md, "Evaluation"): XLA compile time of one batch shape, fixed cost per unit (rendering, files),
-# and the FLOP rate small evaluation batches reach per device (a fraction of the matmul peak).
-_COMPILE_SECONDS = {"cpu": 1.0, "gpu": 3.0, "tpu": 5.0}
+# (bench/README.md, "Evaluation"): XLA compile plus flax tracing of one batch shape (a decode loop compiles in
+# about as long as it takes to trace), fixed cost per unit (rendering, files), and the FLOP rate small
+# evaluation batches reach per device (a fraction of the matmul peak).
+_COMPILE_SECONDS = {"cpu": 2.0, "gpu": 3.0, "tpu": 5.0}
 _UNIT_SECONDS = 0.02
 _FLOPS_PER_DEVICE = {"cpu": 2e10, "gpu": 1e14, "tpu": 1e14}
 
