@@ -156,3 +156,13 @@ def test_a_user_seqio_task_named_in_a_gin_file_is_cached_and_trained(tmp_path):
     (cache_dir,) = list((tmp_path / "home").iterdir())
     manifest = json.loads((cache_dir / "manifest.json").read_text())
     assert manifest["user_tasks"] == ["user.reverse_colours"]
+
+
+@pytest.mark.slow
+def test_a_build_over_two_worker_processes_equals_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    for out, extra in ((one, []), (two, ["--workers", "2"])):
+        done = subprocess.run(_build_cmd(out) + extra, cwd=REPO, env=_env(tmp_path), capture_output=True, text=True,
+                              timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert _contents(two) == _contents(one) and len(_contents(one)) > 10
