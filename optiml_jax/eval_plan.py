@@ -5,7 +5,8 @@ Generation limits (`EvalConfig.generation_limit`): "fixed" decodes every example
 paper's wording: "greedy decoding up to 256 tokens"); "references" bounds each task by its own references, as
 t5x / seqio derive the decode length from the longest target of the evaluated task: ``min(max_new_tokens,
 bucket_length(longest reference in tokens + 1))`` over *all* of the task's evaluation instances in the split
-(so the bound does not depend on which examples or how many are sampled, nor on the shots, nor on the model).
+(so the bound does not depend on which examples or how many are sampled, nor on the shots; of the model only
+its tokenizer counts).
 The +1 is the EOS; the bucket (at least 16 tokens, then steps of at most 1.5x) leaves room for an answer
 tokenised otherwise than its reference. A cut generation is already longer than every reference of its task:
 exact match cannot be won after that point (short of a tail of punctuation and spaces, which normalisation
