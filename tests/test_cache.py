@@ -301,3 +301,14 @@ def test_sampler_draws_are_the_same_from_many_threads_across_blocks():
     with concurrent.futures.ThreadPoolExecutor(8) as pool:   # the grain loader's read threads share one sampler
         got = list(pool.map(sampler.draw, positions))
     assert got == want
+
+
+def test_a_build_streams_the_bench_and_holds_no_training_task(tmp_path, vocab):
+    """Bounded memory at any bench size: the leakage search and the records read each training task once
+    without keeping it, so after a build the Bench holds examples of evaluation tasks only."""
+    fresh = synthetic_bench()
+    summary = cache.build(tmp_path, cache.plan(fresh, pipeline.TRAIN_MIXTURE, vocab), progress=False)
+    assert summary["built"] == len(fresh.train_tasks) > 0
+    evaluated = {n for names in fresh.eval_tasks.values() for n in names}
+    assert set(fresh._examples) | set(fresh._train) <= evaluated
+    assert set(fresh.train_tasks) - evaluated

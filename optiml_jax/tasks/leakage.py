@@ -399,23 +399,61 @@ def normalize_text(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def find_contained(train: Mapping[str, Sequence[str]], queries: Sequence[str], *,
-                   min_tokens: int = 8) -> dict[str, dict[int, int]]:
-    """Which train texts contain a whole query (normalised, `normalize_text`): train task -> {text index ->
-    index of one contained query}. Queries shorter than ``min_tokens`` tokens are not searched (short strings
-    such as "Yes" or a bare entity name occur in unrelated texts by chance).
+class ContainedFinder:
+    """Finds train texts that contain a whole query (normalised, `normalize_text`), one batch of train texts
+    at a time, so a bench of any size is searched without holding all of it. Queries shorter than
+    ``min_tokens`` tokens are not searched (short strings such as "Yes" or a bare entity name occur in
+    unrelated texts by chance).
 
     Each query is anchored by its first ``min_tokens``-gram; train texts holding an anchor are confirmed by a
     substring test, so the result is exact.
     """
-    if min_tokens < 1:
-        raise ValueError(f"min_tokens must be >= 1, got {min_tokens}")
-    hasher = _TokenHasher(seed=1)
-    norm_q = [normalize_text(q) for q in queries]
-    keep = [i for i, q in enumerate(norm_q) if len(q.split()) >= min_tokens]
+
+    def __init__(self, queries: Sequence[str], *, min_tokens: int = 8) -> None:
+        if min_tokens < 1:
+            raise ValueError(f"min_tokens must be >= 1, got {min_tokens}")
+        self._min_tokens = min_tokens
+        self._hasher = _TokenHasher(seed=1)
+        self._norm_q = [normalize_text(q) for q in queries]
+        keep = [i for i, q in enumerate(self._norm_q) if len(q.split()) >= min_tokens]
+        anchors = np.array([_grams_of_texts([" ".join(self._norm_q[i].split()[:min_tokens])], self._hasher,
+                                            min_tokens)[0][0] for i in keep], np.uint64)
+        order = np.argsort(anchors, kind="stable")
+        self._anchors, self._owners = anchors[order], np.asarray(keep, np.int64)[order]
+
+    def search(self, texts: Sequence[str]) -> dict[int, int]:
+        """Index of each text containing a query -> index of one query it contains."""
+        found: dict[int, int] = {}
+        if not len(self._anchors):
+            return found
+        grams, owner = _grams_of_texts(list(texts), self._hasher, self._min_tokens)
+        if not len(grams):
+            return found
+        lo = np.searchsorted(self._anchors, grams, side="left")
+        hi = np.searchsorted(self._anchors, grams, side="right")
+        for g in np.flatnonzero(hi > lo):
+            ti = int(owner[g])
+            if ti in found:
+                continue
+            norm_t = normalize_text(texts[ti])
+            for qi in self._owners[lo[g]:hi[g]]:
+                if self._norm_q[int(qi)] in norm_t:
+                    found[ti] = int(qi)
+                    break
+        return found
+
+
+def find_contained(train: Mapping[str, Sequence[str]], queries: Sequence[str], *,
+                   min_tokens: int = 8) -> dict[str, dict[int, int]]:
+    """Which train texts contain a whole query (`ContainedFinder`): train task -> {text index -> index of one
+    contained query}; tasks without a hit are absent."""
+    finder = ContainedFinder(queries, min_tokens=min_tokens)
     out: dict[str, dict[int, int]] = {}
-    if not keep:
-        return out
+    for name in sorted(train):
+        found = finder.search(train[name])
+        if found:
+            out[name] = found
+    return out
     anchors = np.array([_grams_of_texts([" ".join(norm_q[i].split()[:min_tokens])], hasher, min_tokens)[0][0]
                         for i in keep], np.uint64)
     order = np.argsort(anchors, kind="stable")

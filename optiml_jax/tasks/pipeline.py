@@ -102,18 +102,22 @@ class Bench:
             raise KeyError(f"unknown task {name!r} (split {self.split_name!r}, data_dir={self.data_dir!r}); "
                            f"similar: {close}") from None
 
-    def examples(self, name: str) -> list[Example]:
-        """All examples of a task (cached)."""
-        if name not in self._examples:
-            self._examples[name] = list(self.load(self.info(name)))
-        return self._examples[name]
+    def examples(self, name: str, *, keep: bool = True) -> list[Example]:
+        """All examples of a task (cached; ``keep=False`` reads without caching, so a one-pass reader such as
+        the token cache's build streams a bench of any size through bounded memory)."""
+        if name in self._examples:
+            return self._examples[name]
+        examples = list(self.load(self.info(name)))
+        if keep:
+            self._examples[name] = examples
+        return examples
 
     def demonstrations(self, name: str) -> list[Example]:
         """The task's own prompt demonstrations (BBH: the 3 chain-of-thought examples); [] when it has none."""
         return list(self.load_demos(self.info(name))) if self.load_demos is not None else []
 
-    def _own_train_examples(self, name: str) -> list[Example]:
-        return [e for e in self.examples(name) if not self.is_heldout(name, e.id)]
+    def _own_train_examples(self, name: str, keep: bool = True) -> list[Example]:
+        return [e for e in self.examples(name, keep=keep) if not self.is_heldout(name, e.id)]
 
     def contained_instances(self) -> dict[str, frozenset[str]]:
         """Training task -> ids of its training instances whose text contains the whole input of an evaluated
@@ -128,25 +132,34 @@ class Bench:
 
             queries = [e.input for (split, _), names in sorted(self.eval_tasks.items()) for n in names
                        for e in self.eval_pool(n, split)]
-            own = {n: self._own_train_examples(n) for n in self.train_tasks}
-            hits = leakage.find_contained({n: [leakage.example_text(e) for e in exs] for n, exs in own.items()},
-                                          queries)
-            self._contained = {n: frozenset(own[n][i].id for i in d) for n, d in hits.items()}
-            if hits:
+            finder = leakage.ContainedFinder(queries)
+            contained: dict[str, frozenset[str]] = {}
+            # Task by task, keeping only the ids of hits: the search must not hold the whole bench.
+            for n in sorted(self.train_tasks):
+                own = self._own_train_examples(n, keep=False)
+                found = finder.search([leakage.example_text(e) for e in own])
+                if found:
+                    contained[n] = frozenset(own[i].id for i in found)
+            self._contained = contained
+            if contained:
                 logger.info("held-out instance text found in %d training instances of %d tasks; left out",
-                            sum(map(len, hits.values())), len(hits))
+                            sum(map(len, contained.values())), len(contained))
         return self._contained
 
-    def train_examples(self, name: str, *, drop_contained: bool = True) -> list[Example]:
-        """Examples a training task may be trained on (cached): its held-out instances removed, and for the
-        split's training tasks also every instance containing an evaluated instance (`contained_instances`;
-        ``drop_contained=False`` keeps those, for the task-level leakage audit, which measures the raw tasks)."""
+    def train_examples(self, name: str, *, drop_contained: bool = True, keep: bool = True) -> list[Example]:
+        """Examples a training task may be trained on (cached unless ``keep=False``, as `examples`): its
+        held-out instances removed, and for the split's training tasks also every instance containing an
+        evaluated instance (`contained_instances`; ``drop_contained=False`` keeps those, for the task-level
+        leakage audit, which measures the raw tasks)."""
         if not drop_contained:
-            return self._own_train_examples(name)
-        if name not in self._train:
-            drop = self.contained_instances().get(name, frozenset()) if name in self.train_tasks else frozenset()
-            self._train[name] = [e for e in self._own_train_examples(name) if e.id not in drop]
-        return self._train[name]
+            return self._own_train_examples(name, keep)
+        if name in self._train:
+            return self._train[name]
+        drop = self.contained_instances().get(name, frozenset()) if name in self.train_tasks else frozenset()
+        examples = [e for e in self._own_train_examples(name, keep) if e.id not in drop]
+        if keep:
+            self._train[name] = examples
+        return examples
 
     def level_of(self, name: str, split: str) -> str:
         """Generalisation level of a task in an evaluation split."""
