@@ -198,6 +198,9 @@ def generation_limits(cfg: EvalConfig, tasks: Sequence[TaskInfo], vocab: Any) ->
     evaluation (`evaluation.evaluate_models` shares it between the plan and every model)."""
     if cfg.generation_limit == "fixed":
         return {task.name: cfg.max_new_tokens for task in tasks}
+    if vocab is None:
+        raise ValueError("generation_limit='references' needs the model's vocabulary to measure the references; "
+                         "this predictor has none")
     from optiml_jax.tasks import pipeline
 
     bench = pipeline.get_bench(cfg.data_dir, cfg.split_definition)

@@ -84,6 +84,12 @@ def evaluate_examples(
     return evaluate_many(predictor, [(task, examples)], cfg)[0]
 
 
+def _vocab_of(predictor: Any) -> Any:
+    """The predictor's vocabulary, or None: a predictor needs one only when generations are bounded by the
+    references (`generation_limits` says so if it is missing), not to score or generate."""
+    return getattr(predictor, "vocab", None)
+
+
 def evaluate_many(
     predictor: Any, items: Sequence[tuple[TaskInfo, Sequence[PromptedExample]]], cfg: EvalConfig,
     limits: Mapping[str, int] | None = None,
@@ -96,7 +102,7 @@ def evaluate_many(
     ``limits``: new tokens per generated example of each task (`generation_limits`; computed when not given).
     """
     if limits is None:
-        limits = generation_limits(cfg, [task for task, _ in items], predictor.vocab)
+        limits = generation_limits(cfg, [task for task, _ in items], _vocab_of(predictor))
     flat = [(k, ex) for k, (_, exs) in enumerate(items) for ex in exs]
     references = [tuple(ex.references) or (ex.target,) for _, ex in flat]
     ranked = [i for i, (_, ex) in enumerate(flat) if ex.candidates]
@@ -123,8 +129,9 @@ def evaluate_many(
         dcfg = decoding.DecodeConfig(method="greedy", max_new_tokens=cfg.max_new_tokens)
         row_limits = [limits[items[flat[i][0]][0].name] for i in generated]
         # Without a bound below max_new_tokens the call is the plain one (no per-row limits at all).
-        outputs = predictor.generate([flat[i][1].source for i in generated], dcfg,
-                                     row_limits if min(row_limits) < cfg.max_new_tokens else None)
+        sources = [flat[i][1].source for i in generated]
+        outputs = (predictor.generate(sources, dcfg, limits=row_limits) if min(row_limits) < cfg.max_new_tokens
+                   else predictor.generate(sources, dcfg))
         for i, out in zip(generated, outputs):
             fn = metric_fn(items[flat[i][0]][0].metric)
             records[i] = {"mode": "generation", "prediction": out, "score": float(fn(out, list(references[i])))}
@@ -299,7 +306,7 @@ def evaluate(
             pending.append(unit)
     reused = len(results)
     if limits is None:
-        limits = generation_limits(cfg, [u.task for u in pending], predictor.vocab)
+        limits = generation_limits(cfg, [u.task for u in pending], _vocab_of(predictor))
     try:
         for chunk in _chunks(pending, examples, cfg, chunk_examples):
             bar.set_postfix_str(f"{chunk[0].task.name} {chunk[0].shots}-shot (+{len(chunk) - 1} units)")
@@ -382,7 +389,7 @@ def evaluate_models(
     units = plan(cfg)  # planned once: every model sees exactly the same units
     examples = render_units(units, cfg)
     # Every model is bounded alike (the limits come from the first model's vocabulary: one tokenizer per run).
-    limits = generation_limits(cfg, [u.task for u in units], predictors[0].vocab)
+    limits = generation_limits(cfg, [u.task for u in units], _vocab_of(predictors[0]))
     if _writes():
         print(format_plan(describe_plan(units, examples, predictors[0], cfg, models=len(predictors),
                                         limits=limits)), flush=True)

@@ -28,3 +28,15 @@ def real_data_dir() -> pathlib.Path:
     if d is None:
         pytest.skip("no real data directory: set OPTIML_DATA_DIR or place the data at ../shared/data")
     return d
+
+
+@pytest.fixture(autouse=True)
+def _unlock_gin_after_each_test():
+    """An entry point called in-process (`main([...])`) parses and finalizes gin's global config; a later test
+    that first imports a module defining configurables (e.g. `optiml_jax.experiments`) would then fail on the
+    locked config only because of the order tests run in. Each test leaves gin unlocked."""
+    yield
+    import gin
+
+    if gin.config_is_locked():
+        gin.clear_config()
