@@ -10,15 +10,7 @@ import time
 
 import pytest
 
-from train_runs import REPO, TINY_RUN, env, losses
-
-STEPS = 12
-RUN = TINY_RUN + [
-    "--gin.optiml_jax.train.heldout_max_batches=0",
-    "--gin.optiml_jax.train.export_final=False",
-    "--gin.CheckpointConfig.save_every=4",
-    "--gin.CheckpointConfig.async_save=False",
-]
+from train_runs import REPO, RESUME_RUN as RUN, STEPS, env, losses
 
 
 def _env(cache_home: pathlib.Path) -> dict:

@@ -18,15 +18,7 @@ import pytest
 
 from optiml_jax import errors, train
 
-from train_runs import REPO, TINY_RUN, env, losses as _losses
-
-STEPS = 12
-RUN = TINY_RUN + [
-    "--gin.optiml_jax.train.heldout_max_batches=0",
-    "--gin.optiml_jax.train.export_final=False",
-    "--gin.CheckpointConfig.save_every=4",
-    "--gin.CheckpointConfig.async_save=False",
-]
+from train_runs import REPO, RESUME_RUN as RUN, STEPS, env, losses as _losses
 
 
 @pytest.fixture(autouse=True)

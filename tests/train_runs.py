@@ -16,6 +16,17 @@ TINY_RUN = [
 ]
 
 
+# The kill/resume tests' run: 12 steps, a checkpoint every 4 (written synchronously, so a kill right after a
+# step's line cannot race the save), nothing else written.
+STEPS = 12
+RESUME_RUN = TINY_RUN + [
+    "--gin.optiml_jax.train.heldout_max_batches=0",
+    "--gin.optiml_jax.train.export_final=False",
+    "--gin.CheckpointConfig.save_every=4",
+    "--gin.CheckpointConfig.async_save=False",
+]
+
+
 def env(devices: int = 1) -> dict:
     """A CPU-only environment with ``devices`` fake devices and no multi-host or verbosity settings inherited."""
     out = dict(os.environ)

@@ -11,6 +11,7 @@ the same batches and exchange states.
 """
 from __future__ import annotations
 
+import abc
 import collections
 import hashlib
 from typing import Any, Iterator, Mapping, Sequence
@@ -48,7 +49,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-class PackedStream:
+class PackedStream(abc.ABC):
     """Iterator of packed numpy batches over an index-addressed stream of segments (see module docstring).
 
     Subclasses call `_setup` from their constructor and implement `_encode(positions)`; `_fresh` /
@@ -83,8 +84,9 @@ class PackedStream:
 
     # -- the stream a subclass defines ------------------------------------------------------------------
 
+    @abc.abstractmethod
     def _encode(self, positions: Sequence[int]) -> list[fc.Segment | fc.Skipped]:
-        raise NotImplementedError
+        """The encoded segments (or skips) of these local stream positions, in order."""
 
     def global_index(self, k: int) -> int:
         """Global stream position of this host's local position ``k``."""
