@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import pathlib
 import platform
 import resource
 import statistics
@@ -167,3 +169,12 @@ def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
     return a / b
+
+
+def write_results(out_dir: str | os.PathLike, name: str, result: Mapping[str, Any], markdown: str) -> None:
+    """``OUT/name.json`` and ``OUT/name.md`` for a standalone benchmark, and the markdown on stdout."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{name}.md").write_text(markdown)
+    print(markdown)

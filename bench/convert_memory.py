@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import common
 from bench.common import bench_config
 
 _CHILD = r'''
@@ -112,11 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     r = conversion_memory(a.model, a.workdir)
     r["total_seconds"] = time.time() - t0
-    out = pathlib.Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "convert_memory.json").write_text(json.dumps(r, indent=1))
-    (out / "convert_memory.md").write_text(markdown(r))
-    print(markdown(r))
+    common.write_results(a.out, "convert_memory", r, markdown(r))
     return 0
 
 

@@ -26,6 +26,8 @@ import sys
 import time
 from typing import Any
 
+from bench import common
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -232,11 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         res["scale"] = [scale_run(work, n, 300) for n in sizes]
     res["load_end"] = _load()
     res["self_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "input_scale.json").write_text(json.dumps(res, indent=1))
-    (out / "input_scale.md").write_text(_markdown(res))
-    print(_markdown(res))
+    common.write_results(args.out, "input_scale", res, _markdown(res))
     return 0
 
 
