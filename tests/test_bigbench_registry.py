@@ -15,14 +15,14 @@ import pytest
 
 from optiml_jax import evaluation
 from optiml_jax.tasks import bigbench as bb
-from optiml_jax.tasks import catalogue, pipeline, prompts, sources, splits
+from optiml_jax.tasks import catalogue, pipeline, prompts, resolved_splits, sources, splits
 from optiml_jax.tasks.schema import LEVELS
 
 
 def _clear_caches() -> None:
     # Bench and split resolutions are cached per data dir; the BIG-bench source also depends on the user cache.
     pipeline._bench_cached.cache_clear()
-    splits._resolved_cached.cache_clear()
+    resolved_splits.cache_clear()
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_bigbench_tasks_join_the_catalogue(data_dir, first50_rows):
 
 
 def test_bigbench_split_three_levels(data_dir):
-    resolved = splits.resolved("bigbench", data_dir)
+    resolved = resolved_splits.resolved("bigbench", data_dir)
     cat = catalogue.load_catalogue(data_dir)
     assert resolved.train and all(cat[t].benchmark == "BIG-bench" for t in resolved.train)
     for s in ("validation", "test"):
@@ -221,7 +221,7 @@ def test_corrupt_archive_is_skipped_with_its_reason(tmp_path, monkeypatch, first
         assert "fetch bigbench" in status.describe()
         assert sorted(p.name for p in (d / "bigbench").iterdir()) == [bb.ARCHIVE_NAME]  # no index, no cache
         with pytest.raises(splits.SplitError, match="no training tasks.*corrupt or truncated"):
-            splits.resolved("bigbench", d)
+            resolved_splits.resolved("bigbench", d)
         # The rest of the catalogue is unaffected.
         assert "embedded_ni_add" in cat and "task1759_gsm" in cat
     finally:
@@ -264,6 +264,6 @@ def test_missing_source_is_reported(tmp_path, monkeypatch):
         with pytest.raises(FileNotFoundError, match="no BIG-bench source"):
             sources.load_examples(info, tmp_path)
         with pytest.raises(splits.SplitError, match="no BIG-bench source"):
-            splits.resolved("bigbench", tmp_path)
+            resolved_splits.resolved("bigbench", tmp_path)
     finally:
         _clear_caches()

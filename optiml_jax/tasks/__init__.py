@@ -7,6 +7,8 @@ configured by ``OPTIML_DATA_DIR`` or gin (without one: the embedded suite only).
 import logging as _logging
 import os as _os
 
+from optiml_jax.tasks.configurables import import_configurables  # noqa: F401 (entry points call it)
+
 _log = _logging.getLogger(__name__)
 
 
@@ -23,13 +25,6 @@ def _register_on_import() -> None:
         # A bad data dir must not make `import` itself fail (the CLIs report it with a clear message when they
         # build their inputs); say so loudly instead of registering a partial benchmark.
         _log.warning("optiml_jax.tasks: no tasks registered on import: %s", err)
-
-
-def import_configurables() -> None:
-    """Imports every task-layer module that declares gin configurables (data_dir, the splits, mixture_config,
-    leakage_decisions, the embedded tokenizer). Entry points call it before parsing gin: gin refuses new
-    configurables once locked."""
-    from optiml_jax.tasks import catalogue, embedded_vocab, leakage, mixtures, splits  # noqa: F401
 
 
 _register_on_import()

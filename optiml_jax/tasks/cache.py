@@ -504,11 +504,10 @@ _WORKER: dict[str, Any] = {}
 
 def _worker_init(setup: Mapping[str, Any]) -> None:
     # A spawned process starts empty: rebuild the same gin configuration, bench and registry.
-    from optiml_jax import tasks as tasks_pkg
-    from optiml_jax.tasks import cache_cli
+    from optiml_jax.tasks import configurables  # a spawned worker's own gin set-up
 
-    tasks_pkg.import_configurables()
-    cache_cli.parse_task_gin(setup.get("gin_files") or [], setup.get("gin_bindings") or [])
+    configurables.import_configurables()
+    configurables.parse_task_gin(setup.get("gin_files") or [], setup.get("gin_bindings") or [])
     bench = pipeline.get_bench(setup.get("data_dir"), setup.get("split"))
     _WORKER["plan"] = plan(bench, setup["mixture"], setup["vocab"], setup.get("user_tasks") or ())
 

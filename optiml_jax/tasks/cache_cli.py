@@ -73,11 +73,11 @@ def _run(args) -> int:
             raise CacheUsageError(f"--gin_file {f!r}: no such file")
     import gin
 
-    from optiml_jax import tasks as tasks_pkg
     from optiml_jax.tasks import cache, mixtures, pipeline
+    from optiml_jax.tasks.configurables import import_configurables, parse_task_gin
     from optiml_jax.tokenizer import OPTVocabulary
 
-    tasks_pkg.import_configurables()
+    import_configurables()
     parse_task_gin(args.gin_file, args.gin)
     config = _mixture_config(gin, mixtures)
     split = args.split   # train.split of a training gin file is not read here (that configurable is skipped)
@@ -102,23 +102,6 @@ def _run(args) -> int:
         print(f"{summary['remaining']} task(s) are other hosts' share or still missing; the manifest is written "
               "once every task is built", file=sys.stderr)
     return 0
-
-
-def parse_task_gin(files, bindings) -> None:
-    """Parses gin files / bindings for the task layer: user modules they import register their seqio Tasks,
-    ``mixture_config`` and the split definitions are bound. Training gin files may be given (their
-    ``include``s resolve as in training); bindings of configurables outside the task layer (the model, the
-    trainer) are skipped, since this command neither builds nor trains a model."""
-    import gin
-
-    from optiml_jax import gin_utils
-
-    for path in gin_utils.DEFAULT_SEARCH_PATHS:
-        gin.add_config_file_search_path(path)
-    try:
-        gin.parse_config_files_and_bindings(list(files), list(bindings), skip_unknown=True)
-    except (ValueError, ImportError, SyntaxError, OSError) as e:   # gin's parse errors are SyntaxErrors
-        raise CacheUsageError(f"gin: {e}") from None
 
 
 def _mixture_config(gin, mixtures):

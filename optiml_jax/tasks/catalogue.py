@@ -27,8 +27,8 @@ import re
 import sys
 from typing import Iterable, Mapping
 
-import gin
 
+from optiml_jax.data_dir import DATA_DIR_ENV, data_dir, resolve_data_dir  # noqa: F401 (re-exported)
 from optiml_jax.tasks import schema
 from optiml_jax.tasks.schema import TaskInfo
 
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CATALOGUE_PATH = REPO_ROOT / "tasks" / "catalogue.tsv"
-DATA_DIR_ENV = "OPTIML_DATA_DIR"
 # User-provided rows for benchmarks whose data is not shipped (generic JSONL layout).
 EXTRA_CATALOGUE_RELPATH = pathlib.Path("jsonl") / "catalogue.tsv"
 
@@ -441,31 +440,6 @@ def secondary_metrics(task: TaskInfo) -> tuple[str, ...]:
     return ()
 
 
-# --------------------------------------------------------------------------------------------
-# Data directory
-# --------------------------------------------------------------------------------------------
-@gin.configurable("data_dir")
-def data_dir(path: str | None = None) -> str | None:
-    """The real-data directory: the gin binding ``data_dir.path`` or else ``$OPTIML_DATA_DIR``.
-
-    Returns None when neither is set (then only the embedded suite is available).
-    """
-    chosen = path if path else os.environ.get(DATA_DIR_ENV) or None
-    if chosen is not None and not pathlib.Path(chosen).is_dir():
-        origin = "gin binding data_dir.path" if path else f"${DATA_DIR_ENV}"
-        raise FileNotFoundError(f"data directory {chosen!r} (from {origin}) does not exist")
-    return chosen
-
-
-def resolve_data_dir(explicit: str | os.PathLike | None = None) -> pathlib.Path | None:
-    """An explicit directory if given (must exist), else ``data_dir()``."""
-    if explicit is not None:
-        p = pathlib.Path(explicit)
-        if not p.is_dir():
-            raise FileNotFoundError(f"data_dir {str(p)!r} does not exist or is not a directory")
-        return p
-    d = data_dir()
-    return pathlib.Path(d) if d else None
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,8 +22,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from optiml_jax.errors import UserError
+from optiml_jax import data_dir as data_dir_lib
 from optiml_jax import feature_converters as fc
+from optiml_jax.errors import UserError
 from optiml_jax.tasks import mixtures as mx
 from optiml_jax.tasks import prompts
 from optiml_jax.tasks.packed import (STATE_VERSION, TRUNCATION_SAMPLE, PackedStream,  # noqa: F401 (re-exported)
@@ -259,15 +260,11 @@ def _check_eval_split(split: str) -> None:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str | None:
-    """The data dir: the argument, else the data layer's resolution (OPTIML_DATA_DIR / gin), else None."""
+    """The data dir: the argument, else `optiml_jax.data_dir.data_dir` (gin ``data_dir.path`` / OPTIML_DATA_DIR),
+    else None (the embedded suite)."""
     if data_dir is not None:
         return str(data_dir)
-    try:
-        from optiml_jax.tasks import catalogue
-
-        resolved = catalogue.data_dir()
-    except (ImportError, AttributeError):
-        resolved = os.environ.get("OPTIML_DATA_DIR") or None
+    resolved = data_dir_lib.data_dir()
     return str(resolved) if resolved else None
 
 
@@ -279,10 +276,10 @@ def default_split(data_dir: str | None) -> str:
 @functools.lru_cache(maxsize=8)
 def _bench_cached(data_dir: str | None, split: str, gin_config: str, apply_leakage_decisions: bool) -> Bench:
     del gin_config  # cache key only: new gin bindings (custom splits) give a new Bench
-    from optiml_jax.tasks import catalogue, leakage, sources, splits  # the data layer
+    from optiml_jax.tasks import catalogue, leakage, resolved_splits, sources  # the data layer
 
     cat = catalogue.load_catalogue(data_dir)
-    resolved = splits.resolved(split, data_dir, apply_leakage_decisions=apply_leakage_decisions)
+    resolved = resolved_splits.resolved(split, data_dir, apply_leakage_decisions=apply_leakage_decisions)
     drops = leakage.active_drops() if apply_leakage_decisions else {}
     eval_tasks = {(s, level): tuple(resolved.eval[(s, level)]) for s in EVAL_SPLITS for level in LEVELS}
     return Bench(

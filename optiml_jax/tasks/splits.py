@@ -99,7 +99,7 @@ def _bucket(*parts: str) -> int:
     return int.from_bytes(h[:8], "big") % _BUCKETS
 
 
-def _matches(name: str, patterns: Iterable[str]) -> bool:
+def matches(name: str, patterns: Iterable[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
@@ -186,30 +186,23 @@ def check_no_heldout_training(resolved: ResolvedSplit) -> None:
                          "training and held-out evaluation tasks")
 
 
-def resolve(split: Split, catalogue: Mapping[str, TaskInfo] | None = None, *,
-            data_dir: str | os.PathLike | None = None,
-            source_splits: Mapping[str, str] | None = None,
+def resolve(split: Split, catalogue: Mapping[str, TaskInfo], *,
+            source_splits: Mapping[str, str],
             available: Callable[[TaskInfo], bool] | None = None,
             leakage_drops: Mapping[str, str] | None = None) -> ResolvedSplit:
     """Assign every catalogue task a role under ``split``.
 
     Args:
       split: the definition.
-      catalogue: tasks by name (default: ``catalogue.load_catalogue(data_dir)``).
-      source_splits: task -> split in its source benchmark (default: from the catalogue table;
-        tasks missing from it count as "train").
+      catalogue: tasks by name (`resolved_splits.resolved` passes ``catalogue.load_catalogue(data_dir)``).
+      source_splits: task -> split in its source benchmark (``catalogue.source_splits(data_dir)``; tasks missing
+        from it count as "train").
       available: optional predicate "this task has data"; tasks without data are excluded, and
         levels are then computed from the tasks that can actually train.
       leakage_drops: training task -> reason, from the leakage audit's decisions (`leakage.active_drops`);
         those tasks are excluded before the supervised level is chosen, so a dropped task is neither
         trained on nor evaluated as supervised.
     """
-    if catalogue is None or source_splits is None:
-        from optiml_jax.tasks import catalogue as cat_mod
-        if catalogue is None:
-            catalogue = cat_mod.load_catalogue(data_dir)
-        if source_splits is None:
-            source_splits = cat_mod.source_splits(data_dir)
     excluded: dict[str, str] = {}
     train_cands: list[str] = []
     eval_cands: dict[str, tuple[str, str]] = {}  # task -> (split, declared level)
@@ -217,9 +210,9 @@ def resolve(split: Split, catalogue: Mapping[str, TaskInfo] | None = None, *,
     for name in sorted(catalogue):
         t = catalogue[name]
         ss = source_splits.get(name, "train")
-        if not _matches(t.benchmark, split.benchmarks) or _matches(t.benchmark, split.exclude_benchmarks):
+        if not matches(t.benchmark, split.benchmarks) or matches(t.benchmark, split.exclude_benchmarks):
             excluded[name] = f"benchmark {t.benchmark} not in split {split.name!r}"
-        elif _matches(name, split.exclude_tasks):
+        elif matches(name, split.exclude_tasks):
             excluded[name] = "listed in exclude_tasks"
         elif ss == "extra" and not split.train_non_default_superni:
             excluded[name] = "SuperNI task outside the default English track"
@@ -227,16 +220,16 @@ def resolve(split: Split, catalogue: Mapping[str, TaskInfo] | None = None, *,
             eval_cands[name] = ("validation", "fully_heldout")
         elif t.category in held_test:
             eval_cands[name] = ("test", "fully_heldout")
-        elif _matches(name, split.validation_tasks):
+        elif matches(name, split.validation_tasks):
             eval_cands[name] = ("validation", "partially_heldout")
-        elif _matches(name, split.test_tasks):
+        elif matches(name, split.test_tasks):
             eval_cands[name] = ("test", "partially_heldout")
         elif ss == "test":
             if split.official_test_to_test:
                 eval_cands[name] = ("test", "partially_heldout")
             else:
                 excluded[name] = "SuperNI official test task (never trained on)"
-        elif ss == "eval_only" and not _matches(t.benchmark, split.train_eval_only_benchmarks):
+        elif ss == "eval_only" and not matches(t.benchmark, split.train_eval_only_benchmarks):
             excluded[name] = "evaluation-only data not selected by this split"
         else:
             train_cands.append(name)
@@ -294,7 +287,7 @@ def resolve(split: Split, catalogue: Mapping[str, TaskInfo] | None = None, *,
             ("test", split.test_supervised_tasks, split.test_supervised_fraction)):
         cut = int(round(fraction * _BUCKETS))
         for name in train:
-            if _matches(name, patterns) or _bucket(split.name, s, name) < cut:
+            if matches(name, patterns) or _bucket(split.name, s, name) < cut:
                 evals[(s, "supervised")].append(name)
 
     for name in train:
@@ -513,41 +506,3 @@ def get_split(name: str) -> Split:
     if name not in _SPLITS:
         raise KeyError(f"unknown split {name!r}; known splits: {', '.join(split_names())}")
     return _SPLITS[name]()
-
-
-@functools.lru_cache(maxsize=16)
-def _resolved_cached(split_name: str, data_dir: str | None, gin_config: str,
-                     leakage_drops: tuple[tuple[str, str], ...]) -> ResolvedSplit:
-    del gin_config  # part of the cache key only: a new gin binding gives a new resolution
-    split = get_split(split_name)
-    result = resolve(split, data_dir=data_dir, leakage_drops=dict(leakage_drops))
-    if split.train_eval_only_benchmarks and not result.train:
-        # A split made for an optional benchmark (e.g. "bigbench") is useless without it: say why it is missing.
-        from optiml_jax.tasks import catalogue as cat_mod
-
-        reason = (cat_mod.bigbench_status(data_dir).describe()
-                  if _matches("BIG-bench", split.train_eval_only_benchmarks) else "check the data directory")
-        raise SplitError(f"split {split_name!r} has no training tasks ({reason})")
-    return result
-
-
-def resolved(split_name: str, data_dir: str | os.PathLike | None = None, *,
-             apply_leakage_decisions: bool = True) -> ResolvedSplit:
-    """``resolve(get_split(split_name))`` over the full catalogue, cached.
-
-    The leakage audit's decisions (`leakage.active_drops`: the committed tasks/leakage_decisions.tsv unless gin
-    says ``leakage_decisions.apply = False``) are applied unless ``apply_leakage_decisions`` is False (the audit
-    itself resolves without them, so that rerunning it reproduces its file).
-    """
-    from optiml_jax.tasks import leakage
-
-    drops = tuple(sorted(leakage.active_drops().items())) if apply_leakage_decisions else ()
-    return _resolved_cached(split_name, None if data_dir is None else str(data_dir),
-                            gin.config_str(), drops)
-
-
-def is_heldout_instance(task_name: str, example_id: str, split_name: str,
-                        data_dir: str | os.PathLike | None = None) -> bool:
-    """True when instance ``example_id`` of ``task_name`` is held out (supervised level) in
-    ``split_name``, i.e. must be excluded from training."""
-    return resolved(split_name, data_dir).is_heldout_instance(task_name, example_id)
