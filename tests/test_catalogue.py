@@ -6,6 +6,7 @@ import json
 import pytest
 
 from optiml_jax.tasks import catalogue as cat
+from optiml_jax.tasks import catalogue_builder
 from optiml_jax.tasks import splits
 
 
@@ -42,14 +43,14 @@ def test_every_superni_task_file_is_catalogued(real_data_dir, table):
 def test_all_tasks_catalog_is_covered_once(real_data_dir, table):
     with open(real_data_dir / "superni/all_tasks_catalog.tsv", encoding="utf-8") as f:
         names = [r["task"] for r in csv.DictReader(f, delimiter="\t")]
-    keys = {cat._superni_alias_key(n) for n in names}
+    keys = {catalogue_builder._superni_alias_key(n) for n in names}
     superni = [n for n, r in table.items() if r.info.benchmark == "SuperNI"]
     assert len(keys) == len(superni) == 1613
-    assert {cat._superni_alias_key(n) for n in superni} == keys
+    assert {catalogue_builder._superni_alias_key(n) for n in superni} == keys
 
 
 def test_committed_table_matches_a_fresh_build(real_data_dir, table):
-    rebuilt = {r.info.name: r for r in cat.build_catalogue(real_data_dir)}
+    rebuilt = {r.info.name: r for r in catalogue_builder.build_catalogue(real_data_dir)}
     assert rebuilt.keys() == table.keys()
     diffs = [n for n in table if rebuilt[n] != table[n]]
     assert not diffs, f"tasks/catalogue.tsv is stale for {diffs[:5]}; rerun --build"
@@ -154,10 +155,12 @@ def test_secondary_metrics(table):
 
 
 def test_data_dir_resolution(monkeypatch, tmp_path):
+    from optiml_jax import data_dir as data_dir_lib
+
     monkeypatch.setenv(cat.DATA_DIR_ENV, str(tmp_path))
-    assert cat.data_dir() == str(tmp_path)
+    assert data_dir_lib.data_dir() == str(tmp_path)
     monkeypatch.setenv(cat.DATA_DIR_ENV, str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="OPTIML_DATA_DIR"):
-        cat.data_dir()
+        data_dir_lib.data_dir()
     with pytest.raises(FileNotFoundError, match="data_dir"):
         cat.resolve_data_dir(tmp_path / "nope")

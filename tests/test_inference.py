@@ -10,7 +10,7 @@ from optiml_jax.models.opt import OPTForCausalLM
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
-from hf_reference import gpt2_tokenize, make_tiny_hf_model, make_tiny_hf_opt, real_texts  # noqa: E402
+from hf_reference import gpt2_tokenize, make_tiny_hf_opt, real_texts  # noqa: E402
 
 PAD, EOS = 1, 2
 

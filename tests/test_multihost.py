@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 

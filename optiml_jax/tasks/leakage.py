@@ -454,24 +454,3 @@ def find_contained(train: Mapping[str, Sequence[str]], queries: Sequence[str], *
         if found:
             out[name] = found
     return out
-    anchors = np.array([_grams_of_texts([" ".join(norm_q[i].split()[:min_tokens])], hasher, min_tokens)[0][0]
-                        for i in keep], np.uint64)
-    order = np.argsort(anchors, kind="stable")
-    anchors, owners = anchors[order], np.asarray(keep, np.int64)[order]
-    for name in sorted(train):
-        texts = list(train[name])
-        grams, owner = _grams_of_texts(texts, hasher, min_tokens)
-        if not len(grams):
-            continue
-        lo = np.searchsorted(anchors, grams, side="left")
-        hi = np.searchsorted(anchors, grams, side="right")
-        for g in np.flatnonzero(hi > lo):
-            ti = int(owner[g])
-            if ti in out.get(name, {}):
-                continue
-            norm_t = normalize_text(texts[ti])
-            for qi in owners[lo[g]:hi[g]]:
-                if norm_q[int(qi)] in norm_t:
-                    out.setdefault(name, {})[ti] = int(qi)
-                    break
-    return out

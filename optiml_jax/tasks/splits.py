@@ -20,7 +20,6 @@ import dataclasses
 import fnmatch
 import functools
 import hashlib
-import os
 from typing import Callable, Iterable, Mapping
 
 import gin
