@@ -36,6 +36,9 @@ TEST = [
     "nbclient",
     "nbformat",
     "ipykernel",
+    # Layering and lint, checked by tests/test_layout.py (.importlinter, ruff.toml).
+    "import-linter==2.16",
+    "ruff==0.17.*",
 ]
 
 # Benchmark-only engines compared against in bench/ (`pip install -e .[bench]`); never imported by the package.
