@@ -30,37 +30,14 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+# user_cache_dir is re-exported: callers (and tests) read the default download folder from this CLI module too.
+from optiml_jax.data_dir import fetch_dir, user_cache_dir
+from optiml_jax.tasks import bbh, bigbench
+
 log = logging.getLogger(__name__)
 
 DEFAULT_INDEX_URL = "https://pypi.org/simple"
 _CHUNK = 1 << 20
-
-
-def user_cache_dir() -> pathlib.Path:
-    """``$XDG_CACHE_HOME/optiml_jax`` (default ``~/.cache/optiml_jax``): where downloads go by default."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return pathlib.Path(base) / "optiml_jax"
-
-
-def default_data_dir() -> pathlib.Path:
-    """The data directory when none is given: ``$OPTIML_DATA_DIR``, else `user_cache_dir`."""
-    env = os.environ.get("OPTIML_DATA_DIR")
-    return pathlib.Path(env) if env else user_cache_dir()
-
-
-def data_dir_candidates(data_dir: str | os.PathLike | None = None) -> list[pathlib.Path]:
-    """Where to look for fetched data, in order: ``data_dir``, ``$OPTIML_DATA_DIR``, `user_cache_dir` (deduped).
-
-    The user cache is always searched because a configured data dir may be read-only (the shared data in CI),
-    in which case `fetch` has to be pointed elsewhere.
-    """
-    out: list[pathlib.Path] = []
-    for d in (data_dir, os.environ.get("OPTIML_DATA_DIR"), user_cache_dir()):
-        if d:
-            p = pathlib.Path(d)
-            if p not in out:
-                out.append(p)
-    return out
 
 
 class FetchError(RuntimeError):
@@ -226,8 +203,6 @@ def download_resumable(url: str, dest: pathlib.Path, *, sha256: str, size: int |
 
 
 def _remove_bigbench(archive: pathlib.Path) -> None:
-    from optiml_jax.tasks import bigbench
-
     index_path, cache_path = bigbench.cache_paths(archive)
     for p in (archive, index_path, cache_path):
         p.unlink(missing_ok=True)
@@ -240,9 +215,7 @@ def fetch_bigbench(data_dir: str | os.PathLike | None = None, *, index_url: str 
     Skips everything when a current index of the pinned archive is already there (unless ``force``). An archive
     that fails the checksum or the index pass is deleted and downloaded once more.
     """
-    from optiml_jax.tasks import bigbench  # lazy: bigbench imports this module for the data dir
-
-    root = pathlib.Path(data_dir) if data_dir is not None else default_data_dir()
+    root = fetch_dir(data_dir)
     folder = root / "bigbench"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -297,10 +270,7 @@ def fetch_bigbench(data_dir: str | os.PathLike | None = None, *, index_url: str 
 
 
 def _derive_bbh_cli(data_dir: str | None, out_dir: str | None) -> int:
-    from optiml_jax.tasks import bbh
-    from optiml_jax.tasks.bigbench import BigBenchError, find_source
-
-    src = find_source(data_dir)
+    src = bigbench.find_source(data_dir)
     if src is None:
         print(f"error: derive bbh: no BIG-bench source under --data_dir={data_dir!r} (run: python -m "
               "optiml_jax.data fetch bigbench)", file=sys.stderr)
@@ -308,7 +278,7 @@ def _derive_bbh_cli(data_dir: str | None, out_dir: str | None) -> int:
     out = pathlib.Path(out_dir) if out_dir else user_cache_dir() / "bbh_derived"
     try:
         counts = bbh.derive_bbh(src, out)
-    except (bbh.BBHDeriveError, BigBenchError, OSError) as e:
+    except (bbh.BBHDeriveError, bigbench.BigBenchError, OSError) as e:
         print(f"error: derive bbh from {src}: {e}", file=sys.stderr)
         return 1
     print(f"{out}: {len(counts)} BBH tasks, {sum(counts.values())} examples from {src} "
@@ -341,12 +311,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout <= 0:
         parser.error(f"--timeout must be > 0, got {args.timeout}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from optiml_jax.tasks.bigbench import BigBenchError
-
     try:
         res = fetch_bigbench(args.data_dir, index_url=args.index_url, progress=not args.no_progress,
                              force=args.force, timeout=args.timeout)
-    except (FetchError, BigBenchError) as e:
+    except (FetchError, bigbench.BigBenchError) as e:
         print(f"error: fetch bigbench: {e}", file=sys.stderr)
         return 1
     if res.downloaded or res.index_seconds:

@@ -42,7 +42,7 @@ import zipfile
 import zlib
 from typing import Any, BinaryIO, Iterator
 
-from optiml_jax.data import data_dir_candidates, default_data_dir, user_cache_dir
+from optiml_jax.data_dir import data_dir_candidates, fetch_dir, user_cache_dir
 from optiml_jax.tasks.schema import Example, TaskInfo
 
 log = logging.getLogger(__name__)
@@ -308,7 +308,7 @@ def examples_from_task_json(
 
 def find_archive(data_dir: str | os.PathLike | None = None) -> pathlib.Path | None:
     """The fetched sdist ``bigbench/bigbench-1.0.0.tar.gz`` under ``data_dir``, ``$OPTIML_DATA_DIR`` or
-    ``~/.cache/optiml_jax`` (first found; see `optiml_jax.data.data_dir_candidates`), else None."""
+    ``~/.cache/optiml_jax`` (first found; see `optiml_jax.data_dir.data_dir_candidates`), else None."""
     for d in data_dir_candidates(data_dir):
         p = d / "bigbench" / ARCHIVE_NAME
         if p.is_file():
@@ -318,7 +318,7 @@ def find_archive(data_dir: str | os.PathLike | None = None) -> pathlib.Path | No
 
 def find_first50(data_dir: str | os.PathLike | None = None) -> pathlib.Path | None:
     """``<data_dir>/bigbench/bigbench_tasks_first50.jsonl.xz`` if present."""
-    d = pathlib.Path(data_dir) if data_dir is not None else default_data_dir()
+    d = fetch_dir(data_dir)
     p = d / "bigbench" / FIRST50_NAME
     return p if p.is_file() else None
 
