@@ -1,4 +1,4 @@
-"""Data directory resolution and downloads of public task data that is not shipped with the project.
+"""Downloads of public task data that is not shipped with the project (the data dir is resolved in `optiml_jax.data_dir`).
 
 CLI::
 
