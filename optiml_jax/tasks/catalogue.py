@@ -331,7 +331,7 @@ COT_DATASETS: dict[str, tuple[str, str]] = {
     "stream_sensemaking": ("sensemaking", "sensemaking"),
 }
 
-# Task-name prefixes per benchmark (sources.py dispatches on them).
+# Task-name prefixes per benchmark (sources/ dispatches on them).
 PS_PREFIX = "ps_"
 FLAN_PREFIX = "flan_"
 COT_PREFIX = "cot_"

@@ -1,6 +1,6 @@
 """TensorFlow Datasets builders for the benchmark's local layouts (offline, ``manual_dir`` only).
 
-Each builder parses files with the same functions as ``sources.py``, so ``tfds.load`` yields the
+Each builder parses files with the same functions as ``sources/``, so ``tfds.load`` yields the
 same examples (ids, inputs, references, candidates) as ``sources.load_examples``::
 
     import tensorflow_datasets as tfds
@@ -12,7 +12,7 @@ same examples (ids, inputs, references, candidates) as ``sources.load_examples``
 Builders: ``super_natural_instructions`` (official layout: ``tasks/*.json`` and
 ``splits/<config>/{train,test}_tasks.txt``; configs "default" and "xlingual"), ``flan_cot``
 (``*_train.tsv``), ``big_bench_hard`` (``bbh/*.json`` + ``cot-prompts/*.txt``) and
-``instruction_jsonl`` (the generic ``<task>.jsonl`` layout of sources.py).
+``instruction_jsonl`` (the generic ``<task>.jsonl`` layout of sources/).
 """
 from __future__ import annotations
 
