@@ -32,7 +32,6 @@ import urllib.request
 
 # user_cache_dir is re-exported: callers (and tests) read the default download folder from this CLI module too.
 from optiml_jax.data_dir import fetch_dir, user_cache_dir
-from optiml_jax.tasks import bbh, bigbench
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +202,7 @@ def download_resumable(url: str, dest: pathlib.Path, *, sha256: str, size: int |
 
 
 def _remove_bigbench(archive: pathlib.Path) -> None:
+    from optiml_jax.tasks import bigbench  # lazy: importing the task package registers every task (seconds)
     index_path, cache_path = bigbench.cache_paths(archive)
     for p in (archive, index_path, cache_path):
         p.unlink(missing_ok=True)
@@ -215,6 +215,7 @@ def fetch_bigbench(data_dir: str | os.PathLike | None = None, *, index_url: str 
     Skips everything when a current index of the pinned archive is already there (unless ``force``). An archive
     that fails the checksum or the index pass is deleted and downloaded once more.
     """
+    from optiml_jax.tasks import bigbench  # lazy: importing the task package registers every task (seconds)
     root = fetch_dir(data_dir)
     folder = root / "bigbench"
     try:
@@ -270,6 +271,7 @@ def fetch_bigbench(data_dir: str | os.PathLike | None = None, *, index_url: str 
 
 
 def _derive_bbh_cli(data_dir: str | None, out_dir: str | None) -> int:
+    from optiml_jax.tasks import bbh, bigbench  # lazy: importing the task package registers every task (seconds)
     src = bigbench.find_source(data_dir)
     if src is None:
         print(f"error: derive bbh: no BIG-bench source under --data_dir={data_dir!r} (run: python -m "
@@ -288,6 +290,7 @@ def _derive_bbh_cli(data_dir: str | None, out_dir: str | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (see the module docstring)."""
+    from optiml_jax.tasks import bigbench  # lazy: importing the task package registers every task (seconds)
     parser = argparse.ArgumentParser(prog="python -m optiml_jax.data", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch", help="download public task data into the data dir")
