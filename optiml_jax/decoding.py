@@ -458,12 +458,22 @@ def _beam_search_impl(params, tokens, segments, positions, *, model, cfg: Decode
 # --------------------------------------------------------------------------------------------------------------
 
 
+def decode(model: Any, params: Any, tokens: jax.Array, segments: jax.Array, positions: jax.Array,
+           rng: jax.Array, limits: jax.Array, *, cfg: DecodeConfig, eos_id: int, pad_id: int
+           ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The decoding loop of ``cfg.method`` on device (pure, jittable; ``model`` static): ``(tokens, generated
+    lengths, scores)``, tokens [B, n] for greedy / sample (``limits`` [B] new tokens at most per row, ``rng`` the
+    sampling key) and [B, k, n] beams for beam search (which ignores ``rng`` and ``limits``)."""
+    if cfg.method == "beam":
+        return _beam_search_impl(params, tokens, segments, positions, model=model, cfg=cfg, eos_id=eos_id,
+                                 pad_id=pad_id)
+    return _generate_impl(params, tokens, segments, positions, rng, limits, model=model, cfg=cfg, eos_id=eos_id,
+                          pad_id=pad_id)
+
+
 @functools.lru_cache(maxsize=64)
 def _compiled(model, cfg: DecodeConfig, eos_id: int, pad_id: int):
-    if cfg.method == "beam":
-        fn = functools.partial(_beam_search_impl, model=model, cfg=cfg, eos_id=eos_id, pad_id=pad_id)
-        return jax.jit(lambda params, t, s, p, rng, limits: fn(params, t, s, p))
-    return jax.jit(functools.partial(_generate_impl, model=model, cfg=cfg, eos_id=eos_id, pad_id=pad_id))
+    return jax.jit(functools.partial(decode, model, cfg=cfg, eos_id=eos_id, pad_id=pad_id))
 
 
 def generate(

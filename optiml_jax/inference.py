@@ -29,11 +29,11 @@ import os
 from typing import Any, Callable, Literal, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from optiml_jax import candidates as candidates_lib
-from optiml_jax import decoding, losses
+from optiml_jax import decoding
+from optiml_jax.models.lm import CausalLM
 from optiml_jax.partitioning import to_host
 
 ScoreMethod = Literal["cache", "full"]
@@ -46,42 +46,12 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _score_cached_impl(params, p_tokens, p_segments, p_positions, row_prompt, c_tokens, c_mask, *, model):
-    """Per-token log-likelihoods [R, Lc] of candidates [R, Lc] continuing prompts [Bp, P] (row_prompt: [R])."""
-    bp, prompt_len = p_tokens.shape
-    rows, cand_len = c_tokens.shape
-    # Candidate token Lc - 1 is scored but never fed, so the cache needs P + Lc - 1 positions.
-    logits, cache, lengths = decoding.prefill_logits(
-        model, params, p_tokens, p_segments, p_positions, prompt_len + max(cand_len - 1, 1)
-    )
-    cache = decoding.gather_cache(cache, row_prompt, bp)
-    lengths = lengths[row_prompt]
-    first = decoding.token_logprob(logits[row_prompt], c_tokens[:, 0])
-    if cand_len == 1:
-        return first[:, None] * c_mask
-    # One call writes candidate tokens 0 .. Lc-2 after each prompt copy; its logits score tokens 1 .. Lc-1.
-    # Tokens after a candidate's end are padding: they come later in their row, so nothing real attends to them,
-    # and c_mask drops their scores.
-    logits, _ = decoding.extend(model, params, cache, c_tokens[:, :-1], lengths)
-    chosen = jnp.take_along_axis(logits, c_tokens[:, 1:, None], axis=-1)[..., 0]
-    rest = chosen - jax.nn.logsumexp(logits, axis=-1)
-    return jnp.concatenate([first[:, None], rest], axis=1) * c_mask
-
-
-def _score_full_impl(params, tokens, segments, positions, target_mask, *, model):
-    """Per-token log-likelihoods [R, L] of the tokens flagged by target_mask in left-padded rows [R, L]."""
-    # The tied LM head in chunks of positions (losses.token_log_likelihoods), as the training loss: no
-    # [R, L, vocab] f32 logits.
-    hidden, embedding = model.apply({"params": params}, tokens, segment_ids=segments, positions=positions,
-                                    return_hidden=True)
-    nxt, _ = losses.token_log_likelihoods(hidden[:, :-1], embedding, tokens[:, 1:])
-    return nxt * target_mask[:, 1:]
-
-
 @functools.lru_cache(maxsize=16)
 def _compiled_scorer(model, method: str) -> Callable:
-    impl = _score_cached_impl if method == "cache" else _score_full_impl
-    return jax.jit(functools.partial(impl, model=model))
+    """The model's scoring function for ``method``, jitted: `CausalLM.score_continuations` ("cache") or
+    `CausalLM.score` ("full"); ``model`` is the network (wrapped) or a `CausalLM`."""
+    lm = model if isinstance(model, CausalLM) else CausalLM(model)
+    return jax.jit(lm.score_continuations if method == "cache" else lm.score)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 The recipe follows the paper (§3.3): AdamW with fp32 state, (b1, b2) = (0.9, 0.95), linear warm-up then linear
 decay to 0, gradient clipping at 1.0, dropout from the model config, and a label-only loss over packed sequences:
-``sum(CE * decoder_loss_weights) / sum(decoder_loss_weights)`` over the whole (global) batch, with the tied
-LM head applied in chunks of tokens (`optiml_jax.losses`, no [tokens, vocab] logits). Gradient
+``sum(CE * decoder_loss_weights) / sum(decoder_loss_weights)`` over the whole (global) batch: the model's own
+loss (`optiml_jax.models.lm.CausalLM.loss`, the tied LM head in chunks of tokens, no [tokens, vocab] logits,
+shared with scoring). Gradient
 accumulation splits that batch into microbatches inside the jitted step and divides by the total weight once, so
 it computes exactly the big-batch gradient.
 """
@@ -24,8 +25,9 @@ from flax import linen as nn
 from flax import struct
 from jax.sharding import Mesh, NamedSharding
 
-from optiml_jax import losses, partitioning
+from optiml_jax import partitioning
 from optiml_jax.errors import UserError
+from optiml_jax.models.lm import CausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +192,8 @@ class Trainer:
     def __init__(self, model: nn.Module, config: TrainerConfig, mesh: Mesh, rules: partitioning.LogicalRules,
                  *, global_batch_size: int, seq_len: int):
         self.model, self.config, self.mesh = model, config, mesh
+        # The loss is the model's (shared with scoring), with this recipe's z-loss and LM-head chunking.
+        self.lm = CausalLM(model, z_loss=config.z_loss, ce_chunk_tokens=config.ce_chunk_tokens)
         self.rules = partitioning.validate_rules(rules)
         self.global_batch_size, self.seq_len = global_batch_size, seq_len
         config.validate(global_batch_size, partitioning.data_parallel_size(mesh))
@@ -252,22 +256,13 @@ class Trainer:
             return fn(*args)
 
     # ---- steps ----------------------------------------------------------------------------------------------
-    def _loss_sums(self, params, batch, rng, deterministic: bool):
-        hidden, embedding = self.model.apply(
-            {"params": params}, batch["decoder_input_tokens"], segment_ids=batch["decoder_segment_ids"],
-            positions=batch["decoder_positions"], deterministic=deterministic,
-            rngs=None if deterministic else {"dropout": rng}, return_hidden=True)
-        return losses.cross_entropy_sums(hidden, embedding, batch["decoder_target_tokens"],
-                                         batch["decoder_loss_weights"], z_loss=self.config.z_loss,
-                                         chunk_tokens=self.config.ce_chunk_tokens)
-
     def _train_step_impl(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         step_rng = jax.random.fold_in(state.rng, state.step)
         m = self.config.num_microbatches
 
         def grad_sums(params, mb, rng):
             def f(p):
-                loss_sum, w_sum = self._loss_sums(p, mb, rng, deterministic=False)
+                loss_sum, w_sum = self.lm.loss(p, mb, dropout_rng=rng)
                 return loss_sum, w_sum
             (loss_sum, w_sum), grads = jax.value_and_grad(f, has_aux=True)(params)
             return loss_sum, w_sum, grads
@@ -305,7 +300,7 @@ class Trainer:
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     def _eval_step_impl(self, params, batch) -> dict:
-        loss_sum, w_sum = self._loss_sums(params, batch, None, deterministic=True)
+        loss_sum, w_sum = self.lm.loss(params, batch)
         return {"loss_sum": loss_sum, "weight_sum": w_sum}
 
     # ---- host-facing API ------------------------------------------------------------------------------------
