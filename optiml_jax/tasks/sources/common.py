@@ -141,6 +141,22 @@ def _outputs(raw: Any, report: LoadReport) -> tuple[str, ...] | None:
     return tuple(out) if out else None
 
 
+def usable_outputs(rec: dict, output_field: str, report: LoadReport) -> tuple[str, ...] | None:
+    """The references of an instance record with ``id``, ``input`` and ``output_field``, or None when it is
+    unusable (a missing field, an empty input, no reference): then the reason is counted in ``report.skipped``."""
+    missing = [f for f in ("id", "input", output_field) if f not in rec]
+    if missing:
+        report.skipped[f"missing_field:{missing[0]}"] += 1
+        return None
+    if not isinstance(rec["input"], str) or not rec["input"].strip():
+        report.skipped["empty_input"] += 1
+        return None
+    outs = _outputs(rec[output_field], report)
+    if outs is None:
+        report.skipped["empty_outputs"] += 1
+    return outs
+
+
 def _check_unique_ids(examples: Iterable[Example], path: pathlib.Path, where: dict[str, int] | None = None) -> None:
     seen: dict[str, int] = {}
     for i, e in enumerate(examples):

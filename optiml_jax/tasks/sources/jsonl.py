@@ -5,7 +5,7 @@ import functools
 import pathlib
 
 from optiml_jax.tasks.schema import Example, TaskInfo
-from optiml_jax.tasks.sources.common import DataError, Loaded, LoadReport, _file_key, _finish, _iter_jsonl, _outputs
+from optiml_jax.tasks.sources.common import DataError, Loaded, LoadReport, _file_key, _finish, _iter_jsonl, usable_outputs
 
 GENERIC_DIR = "jsonl"
 _GENERIC_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.xz")
@@ -20,16 +20,8 @@ def _parse_generic(key: tuple[str, int, int], task: str) -> tuple[tuple[Example,
     for lineno, rec in _iter_jsonl(path):
         if not isinstance(rec, dict):
             raise DataError(f"{path}:{lineno}: each line must be a JSON object")
-        missing = [f for f in ("id", "input", "outputs") if f not in rec]
-        if missing:
-            report.skipped[f"missing_field:{missing[0]}"] += 1
-            continue
-        if not isinstance(rec["input"], str) or not rec["input"].strip():
-            report.skipped["empty_input"] += 1
-            continue
-        outs = _outputs(rec["outputs"], report)
+        outs = usable_outputs(rec, "outputs", report)
         if outs is None:
-            report.skipped["empty_outputs"] += 1
             continue
         cands = rec.get("candidates") or ()
         if not isinstance(cands, (list, tuple)) or not all(isinstance(c, str) for c in cands):

@@ -7,7 +7,7 @@ from typing import Any
 
 from optiml_jax.tasks.schema import Example, TaskInfo
 from optiml_jax.tasks.sources.common import (DataError, Loaded, LoadReport, _as_text, _check_unique_ids, _file_key,
-                                             _finish, _iter_jsonl, _load_json, _outputs)
+                                             _finish, _iter_jsonl, _load_json, _outputs, usable_outputs)
 
 def parse_superni_instances(instances: Any, path: pathlib.Path, definition: str,
                             report: LoadReport) -> list[Example]:
@@ -18,16 +18,8 @@ def parse_superni_instances(instances: Any, path: pathlib.Path, definition: str,
     for k, inst in enumerate(instances):
         if not isinstance(inst, dict):
             raise DataError(f"{path}: field 'Instances[{k}]' must be an object")
-        missing = [f for f in ("id", "input", "output") if f not in inst]
-        if missing:
-            report.skipped[f"missing_field:{missing[0]}"] += 1
-            continue
-        if not isinstance(inst["input"], str) or not inst["input"].strip():
-            report.skipped["empty_input"] += 1
-            continue
-        outs = _outputs(inst["output"], report)
+        outs = usable_outputs(inst, "output", report)
         if outs is None:
-            report.skipped["empty_outputs"] += 1
             continue
         out.append(Example(id=str(inst["id"]), input=inst["input"], outputs=outs,
                            definition=definition))
