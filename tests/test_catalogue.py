@@ -1,7 +1,10 @@
 """The committed task catalogue: completeness against the real data, taxonomy, validation."""
+import ast
 import collections
 import csv
+import importlib.resources
 import json
+import pathlib
 
 import pytest
 
@@ -76,6 +79,56 @@ def test_taxonomy_and_mapping_tables():
     assert cat.map_category("Sentence Completion") == "Text Completion"
     with pytest.raises(cat.CatalogueError, match="Made-up Cluster"):
         cat.map_category("Made-up Cluster", where="x.csv:3")
+
+
+def _tables_text() -> str:
+    return importlib.resources.files("optiml_jax.tasks").joinpath(cat.TABLES_FILE).read_text(encoding="utf-8")
+
+
+def test_taxonomy_file_is_well_formed_and_is_what_the_module_holds():
+    tables = cat.parse_tables(_tables_text())
+    assert tables["superni_categories"] == cat.SUPERNI_CATEGORIES and tables["category_map"] == cat.CATEGORY_MAP
+    assert tables["ps_datasets"] == cat.PS_DATASETS and tables["cot_datasets"] == cat.COT_DATASETS
+    assert len(cat.TAXONOMY) == len(set(cat.TAXONOMY)) == 76 + len(cat.EXTRA_CATEGORIES)
+    assert cat.SUPERNI_EXACT_MATCH_CATEGORIES <= set(cat.SUPERNI_CATEGORIES)
+    assert all(isinstance(v, tuple) and len(v) == 2 for v in cat.FLAN_DATASETS.values())
+    assert all(isinstance(v, tuple) and len(v) == 3 for v in cat.PS_DATASETS.values())
+    # Chain-of-thought short names become task names: distinct, and the builder's "cot_" prefix stays unique.
+    shorts = [short for short, _ in cat.COT_DATASETS.values()]
+    assert len(shorts) == len(set(shorts))
+    # Aliases are final: normalizing a canonical spelling again leaves it unchanged.
+    for alias, canonical in cat.SOURCE_ALIASES.items():
+        assert cat.normalize_source(alias) == canonical == cat.normalize_source(canonical), alias
+    assert cat.normalize_source("SQuAD 1.1") == "squad_v1"
+
+
+def test_taxonomy_file_ships_as_package_data():
+    setup = ast.parse((pathlib.Path(__file__).resolve().parents[1] / "setup.py").read_text())
+    package_data = next(kw.value for node in ast.walk(setup) if isinstance(node, ast.Call)
+                        for kw in node.keywords if kw.arg == "package_data")
+    assert cat.TABLES_FILE in ast.literal_eval(package_data)["optiml_jax.tasks"]
+
+
+@pytest.mark.parametrize("old,new,match", [
+    ('  "NLI": "Textual Entailment"', '  "NLI": "Textual Entailment"\n  "NLI": "Misc."', r"key 'NLI' given twice"),
+    ('"Hate Speech Detection": "Toxic Language Detection"', '"Hate Speech Detection": "Toxic Talk"',
+     r"category_map\['Hate Speech Detection'\] = 'Toxic Talk' is not in the taxonomy"),
+    ('"aeslc": ["Summarization", "rouge_l"]', '"aeslc": ["Summarization", "bleu"]', r"metric 'bleu'"),
+    ('"aeslc": ["Summarization", "rouge_l"]', '"aeslc": ["Summarization"]',
+     r"flan_datasets\['aeslc'\]: expected a list of 2"),
+    ('"cot_gsm8k": ["gsm8k", "gsm8k"]', '"cot_gsm8k": ["gsm8k", ""]', r"cot_datasets\['cot_gsm8k'\]"),
+    ('  - "Logical Reasoning"', '  - "Logical Reasoning"\n  - "Reasoning"', r"lists \['Reasoning'\] more than once"),
+    ('  - "Logical Reasoning"', '  - "Logical Reasoning"\n  - "Translation"', r"'Translation'\] is a SuperNI category"),
+    ('  "gsm": "gsm8k"', '  "GSM-8k": "gsm8k"', r"key 'GSM-8k' is not a normalized"),
+    ('  "gsm": "gsm8k"', '  gsm: yes', r"source_aliases\['gsm'\]: expected a non-empty string, got True"),
+    ("cot_datasets:", "chain_of_thought:", r"expected exactly the tables"),
+])
+def test_parse_tables_rejects_malformed_tables(old, new, match):
+    text = _tables_text()
+    assert text.count(old) == 1, old
+    with pytest.raises(cat.CatalogueError, match=match) as e:
+        cat.parse_tables(text.replace(old, new), where="taxonomy.yaml")
+    assert str(e.value).startswith("taxonomy.yaml: ")
 
 
 def test_categories_of_other_benchmarks(table):

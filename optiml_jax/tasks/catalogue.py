@@ -11,12 +11,15 @@ when a BIG-bench source is found (`bigbench_source`), its JSON tasks (benchmark 
 
 Categories follow one unified taxonomy: Super-NaturalInstructions' 76 categories plus a few extra
 ones (``EXTRA_CATEGORIES``); every other benchmark's category label is mapped onto it through the
-explicit tables ``CATEGORY_MAP``, ``FLAN_DATASETS`` and ``PS_DATASETS`` below (see tasks/README.md).
+explicit tables ``CATEGORY_MAP``, ``FLAN_DATASETS`` and ``PS_DATASETS`` (see tasks/README.md). These tables
+are data: ``taxonomy.yaml`` next to this module (each table's sources in its comments), read and checked once
+on import (`parse_tables`) into the module constants of the same names.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.resources
 import json
 import logging
 import os
@@ -24,6 +27,7 @@ import pathlib
 import re
 from typing import Iterable, Mapping
 
+import yaml
 
 from optiml_jax.data_dir import DATA_DIR_ENV, resolve_data_dir  # noqa: F401 (DATA_DIR_ENV re-exported)
 from optiml_jax.tasks import schema
@@ -60,286 +64,128 @@ EMBEDDED_BENCHMARKS: tuple[str, ...] = ("Embedded-NI", "Embedded-PS")
 KNOWN_BENCHMARKS: tuple[str, ...] = tuple(schema.BENCHMARKS) + EMBEDDED_BENCHMARKS
 
 # --------------------------------------------------------------------------------------------
-# Unified taxonomy
+# Unified taxonomy and label-mapping tables (data: taxonomy.yaml next to this module)
 # --------------------------------------------------------------------------------------------
-SUPERNI_CATEGORIES: tuple[str, ...] = (
-    "Answer Verification", "Answerability Classification", "Cause Effect Classification",
-    "Code to Text", "Coherence Classification", "Commonsense Classification",
-    "Coreference Resolution", "Data to Text", "Dialogue Act Recognition", "Dialogue Generation",
-    "Dialogue State Tracking", "Discourse Connective Identification",
-    "Discourse Relation Classification", "Entity Generation", "Entity Relation Classification",
-    "Ethics Classification", "Explanation", "Fact Verification", "Fill in The Blank",
-    "Gender Classification", "Grammar Error Correction", "Grammar Error Detection",
-    "Information Extraction", "Intent Identification", "Irony Detection", "Keyword Tagging",
-    "Language Identification", "Linguistic Probing", "Mathematics", "Misc.",
-    "Named Entity Recognition", "Negotiation Strategy Detection", "Number Conversion",
-    "Overlap Extraction", "Paper Review", "Paraphrasing", "Poem Generation", "Pos Tagging",
-    "Preposition Prediction", "Program Execution", "Punctuation Error Detection",
-    "Question Answering", "Question Decomposition", "Question Generation", "Question Rewriting",
-    "Question Understanding", "Section Classification", "Sentence Composition",
-    "Sentence Compression", "Sentence Expansion", "Sentence Ordering", "Sentence Perturbation",
-    "Sentiment Analysis", "Spam Classification", "Speaker Identification",
-    "Speaker Relation Classification", "Spelling Error Detection", "Stance Detection",
-    "Stereotype Detection", "Story Composition", "Style Transfer", "Summarization",
-    "Text Categorization", "Text Completion", "Text Matching", "Text Quality Evaluation",
-    "Text Simplification", "Text to Code", "Textual Entailment", "Title Generation",
-    "Toxic Language Detection", "Translation", "Word Analogy", "Word Relation Classification",
-    "Word Semantics", "Wrong Candidate Generation",
-)
-# Categories of other benchmarks with no SuperNI counterpart (the paper's union has > 100). "Logical
-# Reasoning" holds BIG-bench's deduction / puzzle / game tasks (tasks/bigbench_keywords.tsv).
-EXTRA_CATEGORIES: tuple[str, ...] = ("Reasoning", "Code Repair", "Logical Reasoning")
+class CatalogueError(ValueError):
+    """A catalogue table or a fact file behind it is malformed; the message names file and field."""
+
+
+TABLES_FILE = "taxonomy.yaml"
+# Each table of TABLES_FILE: "list" (of unique names) or "map" (name -> value), and how many strings a value
+# holds (1: a string, n > 1: a list of n strings, read as a tuple).
+_TABLE_SHAPES: dict[str, tuple[str, int]] = {
+    "superni_categories": ("list", 1), "extra_categories": ("list", 1), "category_map": ("map", 1),
+    "superni_exact_match_categories": ("list", 1), "flan_datasets": ("map", 2), "ps_datasets": ("map", 3),
+    "cot_datasets": ("map", 2), "source_aliases": ("map", 1),
+}
+# The form `normalize_source` gives a name before it looks up an alias: an alias key in any other form never matches.
+_NORMALIZED_SOURCE = re.compile(r"[0-9a-z]+(_[0-9a-z]+)*")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a mapping key given twice is an error (PyYAML keeps the last one)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise CatalogueError(f"line {key_node.start_mark.line + 1}: key {key!r} given twice")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=True)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def _table_value(value: object, width: int, where: str) -> str | tuple[str, ...]:
+    items = value if width > 1 and isinstance(value, list) and len(value) == width else [value]
+    if (width > 1 and items is not value) or not all(isinstance(v, str) and v.strip() for v in items):
+        kind = "a non-empty string" if width == 1 else f"a list of {width} non-empty strings"
+        raise CatalogueError(f"{where}: expected {kind}, got {value!r}")
+    return value if width == 1 else tuple(items)  # type: ignore[return-value]
+
+
+def parse_tables(text: str, where: str = TABLES_FILE) -> dict[str, tuple | dict]:
+    """Parse and check the taxonomy/mapping tables (the YAML of `TABLES_FILE`); errors name file, table and entry.
+
+    Lists come back as tuples, maps as dicts of strings or tuples. Checked: every table present and no other,
+    no name listed or keyed twice, the taxonomy's two parts disjoint, every category a table names in the
+    taxonomy (exact-match categories: in SuperNI's), every metric in `METRICS`, alias keys in normalized form.
+    """
+    try:
+        doc = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: plain data only
+    except CatalogueError as e:
+        raise CatalogueError(f"{where}: {e}") from None
+    except yaml.YAMLError as e:
+        raise CatalogueError(f"{where}: not valid YAML: {e}") from None
+    if not isinstance(doc, dict) or doc.keys() != _TABLE_SHAPES.keys():
+        got = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
+        raise CatalogueError(f"{where}: expected exactly the tables {sorted(_TABLE_SHAPES)}, got {got}")
+    tables: dict[str, tuple | dict] = {}
+    for name, (kind, width) in _TABLE_SHAPES.items():
+        raw = doc[name]
+        if kind == "list":
+            if not isinstance(raw, list):
+                raise CatalogueError(f"{where}: table {name!r} must be a list")
+            values = tuple(_table_value(v, width, f"{where}: {name}[{i}]") for i, v in enumerate(raw))
+            dups = sorted({v for v in values if values.count(v) > 1})
+            if dups:
+                raise CatalogueError(f"{where}: table {name!r} lists {dups} more than once")
+            tables[name] = values
+        else:
+            if not isinstance(raw, dict) or not all(isinstance(k, str) and k.strip() for k in raw):
+                raise CatalogueError(f"{where}: table {name!r} must map non-empty names to values")
+            tables[name] = {k: _table_value(v, width, f"{where}: {name}[{k!r}]") for k, v in raw.items()}
+    superni = set(tables["superni_categories"])
+    taxonomy = superni | set(tables["extra_categories"])
+    problems = [f"extra_categories[{c!r}] is a SuperNI category" for c in tables["extra_categories"] if c in superni]
+    problems += [f"superni_exact_match_categories[{c!r}] is not a SuperNI category"
+                 for c in tables["superni_exact_match_categories"] if c not in superni]
+    problems += [f"category_map[{k!r}] = {c!r} is not in the taxonomy"
+                 for k, c in tables["category_map"].items() if c not in taxonomy]
+    for name in ("flan_datasets", "ps_datasets"):
+        for k, (category, *_, metric) in tables[name].items():
+            if category not in taxonomy:
+                problems.append(f"{name}[{k!r}]: category {category!r} is not in the taxonomy")
+            if metric not in METRICS:
+                problems.append(f"{name}[{k!r}]: metric {metric!r} is not one of {METRICS}")
+    problems += [f"source_aliases key {k!r} is not a normalized source name (lower case, digits, '_')"
+                 for k in tables["source_aliases"] if not _NORMALIZED_SOURCE.fullmatch(k)]
+    if problems:
+        raise CatalogueError(f"{where}: " + "; ".join(problems))
+    return tables
+
+
+def _load_tables() -> dict[str, tuple | dict]:
+    # importlib.resources: the file is package data, found the same way in a checkout and in an installed wheel.
+    resource = importlib.resources.files(__package__).joinpath(TABLES_FILE)
+    return parse_tables(resource.read_text(encoding="utf-8"), where=str(resource))
+
+
+_TABLES = _load_tables()
+# Super-NaturalInstructions' 76 categories, then the few other benchmarks' categories without a counterpart.
+SUPERNI_CATEGORIES: tuple[str, ...] = _TABLES["superni_categories"]  # type: ignore[assignment]
+EXTRA_CATEGORIES: tuple[str, ...] = _TABLES["extra_categories"]  # type: ignore[assignment]
 TAXONOMY: tuple[str, ...] = SUPERNI_CATEGORIES + EXTRA_CATEGORIES
-
-# Other benchmarks' category labels -> unified category. SuperNI's coarser label wins where the
-# source is finer-grained (paper section 2.2), e.g. every QA flavour -> "Question Answering".
-CATEGORY_MAP: dict[str, str] = {
-    # FLAN / T0 / PromptSource cluster names
-    "Natural Language Inference": "Textual Entailment",
-    "NLI": "Textual Entailment",
-    "Sentence Completion": "Text Completion",
-    "Next Sentence Prediction": "Text Completion",
-    "Language Modeling": "Text Completion",
-    "Coreference": "Coreference Resolution",
-    "Coreference Resolution": "Coreference Resolution",
-    "Word Sense": "Word Semantics",
-    "Word Sense Disambiguation": "Word Semantics",
-    "Multiple-Choice QA (no trivia knowledge required)": "Question Answering",
-    "Extractive QA": "Question Answering",
-    "Closed-Book QA": "Question Answering",
-    "Adversarial QA": "Question Answering",
-    "Question Answering": "Question Answering",
-    "Conversational Question Answering": "Question Answering",
-    "Span Generation": "Question Answering",
-    "Mathematical QA": "Mathematics",
-    "Summarization": "Summarization",
-    "Structured Data to Text": "Data to Text",
-    "Translation": "Translation",
-    "Sentiment Analysis": "Sentiment Analysis",
-    "Topic Classification": "Text Categorization",
-    "Paraphrasing Identification": "Text Matching",
-    "Paraphrase Identification": "Text Matching",
-    "Grammatical Acceptability": "Grammar Error Detection",
-    "Punctuation Fixing": "Punctuation Error Detection",
-    "Casing Selection": "Misc.",
-    "Word Segmentation": "Misc.",
-    "Question Generation": "Question Generation",
-    "Title Generation": "Title Generation",
-    "Explanation Generation": "Explanation",
-    "Context Generation": "Story Composition",
-    "Dialog Turn Prediction": "Dialogue Generation",
-    "Dialog Next Turn Prediction": "Dialogue Generation",
-    "Dialog Context Generation": "Dialogue Generation",
-    "Hate Speech Detection": "Toxic Language Detection",
-    # Program synthesis (Flan collection)
-    "Code Generation": "Text to Code",
-    "Coding Instruction Generation": "Code to Text",
-    "Code Repair": "Code Repair",
-    "Code Error Generation": "Code Repair",
-    # Chain-of-thought collection: one "Reasoning" cluster (paper Table 15)
-    "Grade School Math Word Problems": "Reasoning",
-    "Algebraic Question Answering": "Reasoning",
-    "Common Sense Reasoning over Entity Knowledge": "Reasoning",
-    "Common Sense Reasoning Question Answering": "Reasoning",
-    "Passage-Based Question Answering / NLI": "Reasoning",
-    "Sense Making and Explanation": "Reasoning",
-}
-
-# SuperNI's official evaluation reports exact match besides Rouge-L; for these classification-like
-# categories exact match is the meaningful secondary number (Wang et al. 2022, section 6).
-SUPERNI_EXACT_MATCH_CATEGORIES: frozenset[str] = frozenset({
-    "Answerability Classification", "Cause Effect Classification", "Coreference Resolution",
-    "Dialogue Act Recognition", "Textual Entailment", "Word Analogy", "Answer Verification",
-    "Coherence Classification", "Commonsense Classification", "Ethics Classification",
-    "Fact Verification", "Gender Classification", "Grammar Error Detection",
-    "Intent Identification", "Irony Detection", "Language Identification",
-    "Negotiation Strategy Detection", "Section Classification", "Sentiment Analysis",
-    "Spam Classification", "Speaker Identification", "Speaker Relation Classification",
-    "Spelling Error Detection", "Stance Detection", "Stereotype Detection", "Text Categorization",
-    "Text Matching", "Text Quality Evaluation", "Toxic Language Detection",
-    "Word Relation Classification", "Discourse Relation Classification",
-    "Punctuation Error Detection",
-})
-
-# FLAN (2021) datasets of the Flan collection (sources FLAN and FLAN/T0): unified category and
-# metric. Overrides of the collection's own cluster are commented.
-FLAN_DATASETS: dict[str, tuple[str, str]] = {
-    "aeslc": ("Summarization", "rouge_l"),
-    "ag_news_subset": ("Text Categorization", "accuracy"),
-    "anli_r1": ("Textual Entailment", "accuracy"),
-    "anli_r2": ("Textual Entailment", "accuracy"),
-    "anli_r3": ("Textual Entailment", "accuracy"),
-    "arc_challenge": ("Question Answering", "accuracy"),
-    "arc_easy": ("Question Answering", "accuracy"),
-    "bool_q": ("Question Answering", "accuracy"),
-    "cb": ("Textual Entailment", "accuracy"),
-    "cnn_dailymail": ("Summarization", "rouge_l"),
-    "cola": ("Grammar Error Detection", "accuracy"),
-    "common_gen": ("Data to Text", "rouge_l"),
-    # FLAN files COPA under next-sentence prediction; OPT-IML (Table 15) under cause/effect.
-    "copa": ("Cause Effect Classification", "accuracy"),
-    "coqa": ("Question Answering", "rouge_l"),
-    "cosmos_qa": ("Question Answering", "accuracy"),
-    "dart": ("Data to Text", "rouge_l"),
-    "definite_pronoun_resolution": ("Coreference Resolution", "accuracy"),
-    "drop": ("Question Answering", "rouge_l"),  # reading comprehension with discrete answers
-    "e2e_nlg": ("Data to Text", "rouge_l"),
-    "fix_punct": ("Punctuation Error Detection", "rouge_l"),
-    "gigaword": ("Summarization", "rouge_l"),
-    "glue_mrpc": ("Text Matching", "accuracy"),
-    "glue_qqp": ("Text Matching", "accuracy"),
-    "hellaswag": ("Text Completion", "accuracy"),
-    "imdb_reviews": ("Sentiment Analysis", "accuracy"),
-    "lambada": ("Text Completion", "rouge_l"),
-    "math_dataset": ("Mathematics", "exact_match"),
-    "mnli": ("Textual Entailment", "accuracy"),
-    "multi_news": ("Summarization", "rouge_l"),
-    "multirc": ("Question Answering", "accuracy"),
-    "natural_questions": ("Question Answering", "rouge_l"),
-    "newsroom": ("Summarization", "rouge_l"),
-    "openbookqa": ("Question Answering", "accuracy"),
-    "opinion_abstracts_idebate": ("Summarization", "rouge_l"),
-    "opinion_abstracts_rotten_tomatoes": ("Summarization", "rouge_l"),
-    "para_crawl_enes": ("Translation", "rouge_l"),
-    "paws_wiki": ("Text Matching", "accuracy"),
-    "piqa": ("Question Answering", "accuracy"),
-    # QNLI asks whether a sentence answers a question: an entailment task, not multiple-choice QA.
-    "qnli": ("Textual Entailment", "accuracy"),
-    "quac": ("Question Answering", "rouge_l"),
-    "record": ("Question Answering", "rouge_l"),
-    "rte": ("Textual Entailment", "accuracy"),
-    "samsum": ("Summarization", "rouge_l"),
-    "sentiment140": ("Sentiment Analysis", "accuracy"),
-    "snli": ("Textual Entailment", "accuracy"),
-    "squad_v1": ("Question Answering", "rouge_l"),
-    "squad_v2": ("Question Answering", "rouge_l"),
-    "sst2": ("Sentiment Analysis", "accuracy"),
-    "story_cloze": ("Text Completion", "accuracy"),
-    # STS-B scores sentence similarity; FLAN lists it with sentiment.
-    "stsb": ("Text Matching", "accuracy"),
-    "trec": ("Text Categorization", "accuracy"),
-    "trivia_qa": ("Question Answering", "rouge_l"),
-    "trivia_qa_wiki_missing": ("Question Answering", "rouge_l"),
-    "true_case": ("Misc.", "rouge_l"),
-    "unified_qa_science_inst": ("Question Answering", "rouge_l"),
-    "web_nlg_en": ("Data to Text", "rouge_l"),
-    "wic": ("Word Semantics", "accuracy"),
-    "wiki_lingua_english_en": ("Summarization", "rouge_l"),
-    "winogrande": ("Coreference Resolution", "accuracy"),
-    "wmt14_enfr": ("Translation", "rouge_l"),
-    "wmt16_translate_csen": ("Translation", "rouge_l"),
-    "wmt16_translate_deen": ("Translation", "rouge_l"),
-    "wmt16_translate_fien": ("Translation", "rouge_l"),
-    "wmt16_translate_roen": ("Translation", "rouge_l"),
-    "wmt16_translate_ruen": ("Translation", "rouge_l"),
-    "wmt16_translate_tren": ("Translation", "rouge_l"),
-    "wnli": ("Coreference Resolution", "accuracy"),
-    "word_segment": ("Misc.", "rouge_l"),
-    "wsc": ("Coreference Resolution", "accuracy"),
-    "xsum": ("Summarization", "rouge_l"),
-    "yelp_polarity_reviews": ("Sentiment Analysis", "accuracy"),
-}
-
-# PromptSource datasets: T0's training datasets (names as P3 prefixes its templates) and the
-# PromptSource evaluation datasets of the paper's Tables 10 and 15.
-# name -> (category, source dataset, metric). "exact_match" marks multiple-choice datasets whose
-# options are rendered inside the prompt (no fixed label set to rank).
-PS_DATASETS: dict[str, tuple[str, str, str]] = {
-    "adversarial_qa_dbert": ("Question Answering", "adversarial_qa", "rouge_l"),
-    "adversarial_qa_dbidaf": ("Question Answering", "adversarial_qa", "rouge_l"),
-    "adversarial_qa_droberta": ("Question Answering", "adversarial_qa", "rouge_l"),
-    "ag_news": ("Text Categorization", "ag_news", "accuracy"),
-    "amazon_polarity": ("Sentiment Analysis", "amazon_polarity", "accuracy"),
-    "app_reviews": ("Sentiment Analysis", "app_reviews", "rouge_l"),
-    "cnn_dailymail_3_0_0": ("Summarization", "cnn_dailymail", "rouge_l"),
-    "common_gen": ("Data to Text", "common_gen", "rouge_l"),
-    "commonsense_qa": ("Question Answering", "commonsense_qa", "exact_match"),
-    "cos_e_v1_11": ("Question Answering", "cos_e", "exact_match"),
-    "cosmos_qa": ("Question Answering", "cosmos_qa", "exact_match"),
-    "dbpedia_14": ("Text Categorization", "dbpedia_14", "accuracy"),
-    "dream": ("Question Answering", "dream", "exact_match"),
-    "duorc_ParaphraseRC": ("Question Answering", "duorc", "rouge_l"),
-    "duorc_SelfRC": ("Question Answering", "duorc", "rouge_l"),
-    "gigaword": ("Summarization", "gigaword", "rouge_l"),
-    "glue_mrpc": ("Text Matching", "mrpc", "accuracy"),
-    "glue_qqp": ("Text Matching", "qqp", "accuracy"),
-    "imdb": ("Sentiment Analysis", "imdb", "accuracy"),
-    "kilt_tasks_hotpotqa": ("Question Answering", "hotpot_qa", "rouge_l"),
-    "multi_news": ("Summarization", "multi_news", "rouge_l"),
-    "paws_labeled_final": ("Text Matching", "paws", "accuracy"),
-    "qasc": ("Question Answering", "qasc", "exact_match"),
-    "quail": ("Question Answering", "quail", "exact_match"),
-    "quarel": ("Question Answering", "quarel", "exact_match"),
-    "quartz": ("Question Answering", "quartz", "exact_match"),
-    "quoref": ("Question Answering", "quoref", "rouge_l"),
-    "race_high": ("Question Answering", "race", "accuracy"),
-    "race_middle": ("Question Answering", "race", "accuracy"),
-    "ropes": ("Question Answering", "ropes", "rouge_l"),
-    "rotten_tomatoes": ("Sentiment Analysis", "rotten_tomatoes", "accuracy"),
-    "samsum": ("Summarization", "samsum", "rouge_l"),
-    "sciq": ("Question Answering", "sciq", "exact_match"),
-    "social_i_qa": ("Question Answering", "social_i_qa", "exact_match"),
-    "trec": ("Text Categorization", "trec", "accuracy"),
-    "web_questions": ("Question Answering", "web_questions", "rouge_l"),
-    "wiki_bio": ("Data to Text", "wiki_bio", "rouge_l"),
-    "wiki_hop_original": ("Question Answering", "wiki_hop", "exact_match"),
-    "wiki_qa": ("Question Answering", "wiki_qa", "rouge_l"),
-    "wiqa": ("Question Answering", "wiqa", "rouge_l"),
-    "xsum": ("Summarization", "xsum", "rouge_l"),
-    "yelp_review_full": ("Sentiment Analysis", "yelp_review_full", "accuracy"),
-    # T0+ / T0++ additions listed in catalogue/t0_tasks.jsonl.
-    "ai2_arc_ARC_Challenge": ("Question Answering", "ai2_arc", "exact_match"),
-    "ai2_arc_ARC_Easy": ("Question Answering", "ai2_arc", "exact_match"),
-    "openbookqa_main": ("Question Answering", "openbookqa", "exact_match"),
-    "piqa": ("Question Answering", "piqa", "exact_match"),
-    "squad_v2": ("Question Answering", "squad_v2", "rouge_l"),
-    "super_glue_boolq": ("Question Answering", "boolq", "accuracy"),
-    "super_glue_multirc": ("Question Answering", "multirc", "accuracy"),
-    "super_glue_record": ("Question Answering", "record", "rouge_l"),
-    "trivia_qa_unfiltered": ("Question Answering", "trivia_qa", "rouge_l"),
-    "winogrande_winogrande_debiased": ("Coreference Resolution", "winogrande", "accuracy"),
-    # Evaluation datasets (Tables 10 and 15); data via the generic JSONL layout.
-    "anli_r1": ("Textual Entailment", "anli", "accuracy"),
-    "anli_r2": ("Textual Entailment", "anli", "accuracy"),
-    "anli_r3": ("Textual Entailment", "anli", "accuracy"),
-    "super_glue_cb": ("Textual Entailment", "cb", "accuracy"),
-    "super_glue_rte": ("Textual Entailment", "rte", "accuracy"),
-    "super_glue_axg": ("Textual Entailment", "winogender", "accuracy"),
-    "super_glue_copa": ("Cause Effect Classification", "copa", "accuracy"),
-    "hellaswag": ("Text Completion", "hellaswag", "accuracy"),
-    "story_cloze_2016": ("Text Completion", "story_cloze", "accuracy"),
-    "super_glue_wic": ("Word Semantics", "wic", "accuracy"),
-    "super_glue_wsc_fixed": ("Coreference Resolution", "wsc", "accuracy"),
-    "winogrande_winogrande_xl": ("Coreference Resolution", "winogrande", "accuracy"),
-    "crows_pairs": ("Stereotype Detection", "crows_pairs", "accuracy"),
-    "wino_bias": ("Stereotype Detection", "wino_bias", "rouge_l"),
-    "jigsaw_unintended_bias": ("Toxic Language Detection", "jigsaw_unintended_bias", "rouge_l"),
-    "blended_skill_talk": ("Dialogue Generation", "blended_skill_talk", "rouge_l"),
-    "squad_v1": ("Question Answering", "squad_v1", "rouge_l"),
-}
-
-# Chain-of-thought datasets of the Flan collection: CSV dataset name -> (our short name, source).
-COT_DATASETS: dict[str, tuple[str, str]] = {
-    "cot_gsm8k": ("gsm8k", "gsm8k"),
-    "cot_strategyqa": ("strategyqa", "strategyqa"),
-    "stream_aqua": ("aqua", "aqua_rat"),
-    "stream_creak": ("creak", "creak"),
-    "stream_ecqa": ("ecqa", "ecqa"),
-    "stream_esnli": ("esnli", "esnli"),
-    "stream_qasc": ("qasc", "qasc"),
-    "stream_qed": ("qed", "qed"),
-    "stream_sensemaking": ("sensemaking", "sensemaking"),
-}
+# Other benchmarks' category labels -> unified category.
+CATEGORY_MAP: dict[str, str] = _TABLES["category_map"]  # type: ignore[assignment]
+# SuperNI categories that also report exact match (`secondary_metrics`).
+SUPERNI_EXACT_MATCH_CATEGORIES: frozenset[str] = frozenset(_TABLES["superni_exact_match_categories"])
+# FLAN dataset -> (category, metric); PromptSource dataset -> (category, source dataset, metric);
+# chain-of-thought CSV dataset name -> (short name, source dataset).
+FLAN_DATASETS: dict[str, tuple[str, str]] = _TABLES["flan_datasets"]  # type: ignore[assignment]
+PS_DATASETS: dict[str, tuple[str, str, str]] = _TABLES["ps_datasets"]  # type: ignore[assignment]
+COT_DATASETS: dict[str, tuple[str, str]] = _TABLES["cot_datasets"]  # type: ignore[assignment]
+# Normalized source-dataset spelling -> the canonical one (`normalize_source`).
+SOURCE_ALIASES: dict[str, str] = _TABLES["source_aliases"]  # type: ignore[assignment]
 
 # Task-name prefixes per benchmark (sources/ dispatches on them).
 PS_PREFIX = "ps_"
 FLAN_PREFIX = "flan_"
 COT_PREFIX = "cot_"
 BBH_PREFIX = "bbh_"
-
-
-class CatalogueError(ValueError):
-    """A catalogue table or a fact file behind it is malformed; the message names file and field."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,12 +236,8 @@ def normalize_source(name: str) -> str:
     # Some SuperNI "Source" fields append a URL to the dataset name; the name alone identifies it.
     base = name.split("http", 1)[0] if "http" in name else name
     s = re.sub(r"[^0-9a-z]+", "_", base.strip().lower()).strip("_")
-    # Reviewed aliases: spellings of one dataset across benchmarks' metadata (SuperNI spells AdversarialQA
-    # "adverserial_qa" and the fixed WSC "wsc_fiexed"). The leakage audit finds the cases no table lists.
-    aliases = {"adverserial_qa": "adversarial_qa", "wsc_fiexed": "wsc", "squad_1_1": "squad_v1", "squad1_1": "squad_v1", "squad": "squad_v1",
-               "squad2_0": "squad_v2", "squad_2_0": "squad_v2", "roc_stories": "rocstories",
-               "gsm": "gsm8k", "boolq": "boolq", "super_glue_boolq": "boolq"}
-    return aliases.get(s, s)
+    # Reviewed aliases (taxonomy.yaml's source_aliases); the leakage audit finds the cases no entry lists.
+    return SOURCE_ALIASES.get(s, s)
 
 
 def map_category(label: str, *, where: str = "") -> str:
