@@ -1,20 +1,23 @@
 """Packing efficiency of the real training mixture and input-pipeline throughput."""
 from __future__ import annotations
 
-import os
+import pathlib
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
+from optiml_jax.data_dir import find_real_data_dir
+
+
+# The shared real data beside the checkout (where the project's machines keep it), the last place looked.
+SHARED_DATA_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+
 
 def resolve_data_dir(data_dir: str | None = None) -> str | None:
-    """`data_dir`, else $OPTIML_DATA_DIR, else ../shared/data beside the repository, if it holds SuperNI."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for c in (data_dir, os.environ.get("OPTIML_DATA_DIR"), os.path.join(os.path.dirname(here), "shared", "data")):
-        if c and os.path.isdir(os.path.join(c, "superni")):
-            return c
-    return None
+    """`data_dir`, else $OPTIML_DATA_DIR, else ../shared/data beside the repository: the first that holds SuperNI."""
+    found = find_real_data_dir(data_dir, fallbacks=(SHARED_DATA_DIR,))
+    return str(found) if found is not None else None
 
 
 def next_fit_fill(lengths: Sequence[int], max_length: int) -> float:

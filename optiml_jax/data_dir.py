@@ -1,13 +1,15 @@
 """Where the real data lives: the one resolver of the data directory (gin ``data_dir.path``, ``$OPTIML_DATA_DIR``).
 
 Every module that needs the data dir asks here, so the order of precedence and the error for a missing folder are
-written once. Without a data dir the library works on the embedded suite only; fetched archives (BIG-bench) and
-derived files go to `user_cache_dir` unless told otherwise.
+written once; tools that merely prefer the real data when present (benchmarks, tests) use `find_real_data_dir`.
+Without a data dir the library works on the embedded suite only; fetched archives (BIG-bench) and derived files go
+to `user_cache_dir` unless told otherwise.
 """
 from __future__ import annotations
 
 import os
 import pathlib
+from typing import Iterable
 
 import gin
 
@@ -66,3 +68,19 @@ def data_dir_candidates(explicit: str | os.PathLike | None = None) -> list[pathl
             if p not in out:
                 out.append(p)
     return out
+
+
+def find_real_data_dir(explicit: str | os.PathLike | None = None, *,
+                       fallbacks: Iterable[str | os.PathLike | None] = (),
+                       marker: str = "superni") -> pathlib.Path | None:
+    """The first of ``explicit``, ``$OPTIML_DATA_DIR`` and ``fallbacks`` that holds the real data, else None.
+
+    "Holds the real data" means has a ``marker`` folder (SuperNI's tasks by default). For tools that use the real
+    data when it is around and fall back otherwise (benchmarks, the test suite's ``real_data_dir`` fixture with
+    ``../shared/data`` beside the checkout as fallback): unlike `data_dir`, a set folder without the data is passed
+    over, not an error.
+    """
+    for d in (explicit, os.environ.get(DATA_DIR_ENV), *fallbacks):
+        if d and (pathlib.Path(d) / marker).is_dir():
+            return pathlib.Path(d)
+    return None

@@ -10,15 +10,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+from optiml_jax.data_dir import find_real_data_dir  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _real_data_dir() -> pathlib.Path | None:
-    candidates = [os.environ.get("OPTIML_DATA_DIR"), str(REPO.parent / "shared" / "data")]
-    for c in candidates:
-        if c and (pathlib.Path(c) / "superni").is_dir():
-            return pathlib.Path(c)
-    return None
+    """$OPTIML_DATA_DIR, else ../shared/data beside the checkout: the first that holds SuperNI, else None."""
+    return find_real_data_dir(fallbacks=(REPO.parent / "shared" / "data",))
 
 
 @pytest.fixture(scope="session")

@@ -217,3 +217,21 @@ def test_data_dir_resolution(monkeypatch, tmp_path):
         data_dir_lib.data_dir()
     with pytest.raises(FileNotFoundError, match="data_dir"):
         cat.resolve_data_dir(tmp_path / "nope")
+
+
+def test_find_real_data_dir_precedence_and_pass_over(monkeypatch, tmp_path):
+    from optiml_jax.data_dir import find_real_data_dir
+
+    explicit, env, fallback, empty = (tmp_path / n for n in ("explicit", "env", "fallback", "empty"))
+    for d in (explicit, env, fallback):
+        (d / "superni").mkdir(parents=True)
+    empty.mkdir()
+    monkeypatch.setenv(cat.DATA_DIR_ENV, str(env))
+    assert find_real_data_dir(explicit, fallbacks=[fallback]) == explicit
+    assert find_real_data_dir(None, fallbacks=[fallback]) == env
+    # A folder without the data is passed over, not an error (data_dir() would raise for a missing one).
+    assert find_real_data_dir(empty, fallbacks=[fallback]) == env
+    monkeypatch.setenv(cat.DATA_DIR_ENV, str(tmp_path / "missing"))
+    assert find_real_data_dir(None, fallbacks=[None, empty, fallback]) == fallback
+    assert find_real_data_dir(None, fallbacks=[empty]) is None
+    assert find_real_data_dir(None, fallbacks=[fallback], marker="flan") is None
