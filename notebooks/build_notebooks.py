@@ -119,9 +119,9 @@ HELPERS_CELL = r'''
 import matplotlib.pyplot as plt
 from IPython.display import Image, Markdown, display
 
-from optiml_jax import plots  # noqa: F401  (selects matplotlib's file-only Agg backend on import)
+from optiml_jax.evaluation import plots  # noqa: F401  (selects matplotlib's file-only Agg backend on import)
 
-# optiml_jax.plots switches matplotlib to Agg for headless CLI runs; show figures inline here again.
+# optiml_jax.evaluation.plots switches matplotlib to Agg for headless CLI runs; show figures inline here again.
 %matplotlib inline
 # Without ipywidgets, tqdm falls back to text progress bars; its warning about that is noise here.
 import warnings

@@ -101,8 +101,8 @@ def run_eval(
       split / split_definition / shots / levels / tasks / max_tasks_per_level / max_examples / max_new_tokens /
         generation_limit / length_normalize / scoring / seed / data_dir: see `optiml_jax.evaluation.EvalConfig`
         (None max_examples = the paper's limits; generation_limit "fixed" (every generation up to
-        max_new_tokens) or "references" (each task up to its longest reference's bound, `optiml_jax.eval_plan`);
-        scoring "optiml" or "lm_eval").
+        max_new_tokens) or "references" (each task up to its longest reference's bound,
+        `optiml_jax.evaluation.planning`); scoring "optiml" or "lm_eval").
       compare_untrained: also evaluate the same architecture at its random initialisation (seed ``seed``).
       compare_checkpoint: also evaluate this checkpoint and report the gains of ``checkpoint`` over it.
       expected_model: an OPTConfig (e.g. ``@optiml_jax.models.configs.model_config()``); a checkpoint with a
@@ -172,24 +172,20 @@ def run_eval(
         predictors.append(untrained)
         labels.append(untrained.name)
 
-    if protocol == "bbh":
-        out = evaluation.evaluate_bbh_models(predictors, labels, cfg, output_dir, progress=progress)
-        if not partitioning.is_output_process():
-            return {"labels": labels, **out}
-        print(f"\nreport:  {out['report']}\nresults: {out['summary']}")
-        with open(out["report"]) as f:
-            print(f.read())
-        return {"labels": labels, **out}
+    # One runner for both protocols: the config decides (`evaluation.protocol_for`).
     out = evaluation.evaluate_models(predictors, labels, cfg, output_dir, progress=progress)
     if not partitioning.is_output_process():
         return {"labels": labels, **out}
-    print(f"\nreport:  {out['report']}\nresults: {out['results_json']}")
-    for lab in labels:
-        sub = os.path.join(output_dir, evaluation.safe_name(lab))
-        print(f"{lab}: {os.path.join(sub, 'results.json')}, {os.path.join(sub, 'categories.png')}")
-    if "figure" in out:
-        print(f"figure:  {out['figure']}")
-        print(evaluation.format_gains(out["gains"], labels[0], labels[1], intervals=out.get("gain_intervals")))
+    if protocol == "bbh":
+        print(f"\nreport:  {out['report']}\nresults: {out['summary']}")
+    else:
+        print(f"\nreport:  {out['report']}\nresults: {out['results_json']}")
+        for lab in labels:
+            sub = os.path.join(output_dir, evaluation.safe_name(lab))
+            print(f"{lab}: {os.path.join(sub, 'results.json')}, {os.path.join(sub, 'categories.png')}")
+        if "figure" in out:
+            print(f"figure:  {out['figure']}")
+            print(evaluation.format_gains(out["gains"], labels[0], labels[1], intervals=out.get("gain_intervals")))
     with open(out["report"]) as f:
         print(f.read())
     return {"labels": labels, **out}

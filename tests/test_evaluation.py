@@ -1,4 +1,4 @@
-"""Held-out evaluation (optiml_jax/evaluation.py): aggregation, reports, end-to-end run, resume, errors."""
+"""Held-out evaluation (optiml_jax/evaluation/): aggregation, reports, end-to-end run, resume, errors."""
 import dataclasses
 import json
 import os
@@ -6,7 +6,7 @@ import os
 import jax
 import pytest
 
-from optiml_jax import evaluation, inference
+from optiml_jax import decoding, evaluation, inference
 from optiml_jax.models.configs import get_config
 from optiml_jax.models.opt import OPTForCausalLM
 from optiml_jax.tokenizer import OPTVocabulary
@@ -250,7 +250,7 @@ def test_reference_bound_cuts_generation_only_past_every_reference(predictor, tm
     assert cut > 0  # a random model runs on: the bound did cut something
     # Token level, on the predictor: a bounded prompt gets exactly the first `limit` tokens.
     prompts = ["Question: what is the opposite of hot?\nAnswer:", "Say something."]
-    dcfg = evaluation.decoding.DecodeConfig(max_new_tokens=32)
+    dcfg = decoding.DecodeConfig(max_new_tokens=32)
     full = predictor.generate_ids(prompts, dcfg)
     short = predictor.generate_ids(prompts, dcfg, limits=[16, 32])
     assert short[0] == full[0][:16] and short[1] == full[1]

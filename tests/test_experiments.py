@@ -11,7 +11,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from optiml_jax import reports
+from optiml_jax.evaluation import reports
 from optiml_jax.bootstrap import Bootstrap
 from optiml_jax.experiments import aggregate as agg_lib
 from optiml_jax.experiments import definitions as defs

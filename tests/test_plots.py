@@ -1,7 +1,7 @@
-"""Figures (optiml_jax/plots.py): missing cells never crash and never look like a 0 score."""
+"""Figures (optiml_jax/evaluation/plots.py): missing cells never crash and never look like a 0 score."""
 import matplotlib.pyplot as plt
 
-from optiml_jax import plots, reports
+from optiml_jax.evaluation import plots, reports
 
 
 def _unit(task, level, category, shots, score, n=3):

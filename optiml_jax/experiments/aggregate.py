@@ -1,7 +1,7 @@
 """Aggregation of an experiment's runs into its results table: one score per point with a 95% interval (pure).
 
-A run's evaluation is an aggregate of `optiml_jax.reports.aggregate` (tasks -> categories -> levels, per shot
-setting). A point's score is the mean over its runs of each run's combined score (the model-selection number:
+A run's evaluation is an aggregate of `optiml_jax.evaluation.reports.aggregate` (tasks -> categories -> levels,
+per shot setting). A point's score is the mean over its runs of each run's combined score (the model-selection number:
 the mean over levels and shot settings); a level's, the mean over runs of the run's level score averaged over
 shot settings.
 
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from optiml_jax import reports
+from optiml_jax.evaluation import reports
 from optiml_jax.bootstrap import Bootstrap, stratified_replicates
 
 LEVELS_KEY = "levels"

@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # headless machines and CI: never try to open a window
 import matplotlib.pyplot as plt
 import numpy as np
 
-from optiml_jax.reports import LEVEL_TITLES, NA
+from optiml_jax.evaluation.reports import LEVEL_TITLES, NA
 
 
 def _series(results: Mapping[str, Any], level: str | None) -> list[dict]:

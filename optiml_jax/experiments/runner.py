@@ -322,7 +322,7 @@ class Evaluator:
 
     def baseline(self, bench) -> dict:
         """The label-space-aware trivial baseline's aggregate over the same units (`instructions`)."""
-        from optiml_jax import evaluation, reports
+        from optiml_jax import evaluation
 
         results = []
         for u in self.units:
@@ -333,8 +333,8 @@ class Evaluator:
                             "metric": u.task.metric, "level": u.level, "num_shots": u.shots,
                             "score": float(np.mean(scores)) if scores else None, "num_examples": len(exs),
                             "example_scores": scores, "example_ids": [x.id for x in exs]})
-        return reports.aggregate(results, shots=self.cfg.shots, levels=self.cfg.levels, name="trivial baseline",
-                                 split=self.cfg.split, bootstrap=self.cfg.bootstrap)
+        return evaluation.aggregate(results, shots=self.cfg.shots, levels=self.cfg.levels, name="trivial baseline",
+                                    split=self.cfg.split, bootstrap=self.cfg.bootstrap)
 
 
 def baseline_path(settings: Settings) -> pathlib.Path:

@@ -14,7 +14,7 @@ model-selection number the mean over levels and shot settings. Three rules on to
   Two aggregates over the same units draw the same indices, so `gain_intervals` gives paired intervals of
   their differences.
 
-`optiml_jax.evaluation` produces the per-unit results and writes these reports; `optiml_jax.plots` draws them.
+`optiml_jax.evaluation.runner` produces the per-unit results and writes these reports; `plots` draws them.
 """
 from __future__ import annotations
 

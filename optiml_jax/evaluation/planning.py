@@ -1,4 +1,4 @@
-"""What an evaluation runs: its settings (`EvalConfig`), its (task, shots) units, their rendered examples, the
+"""What a held-out evaluation runs: its settings (`EvalConfig`), its (task, shots) units, their rendered examples, the
 new-token limit of every generated example and the plan printed before it starts.
 
 Generation limits (`EvalConfig.generation_limit`): "fixed" decodes every example up to ``max_new_tokens`` (the
@@ -195,7 +195,7 @@ def render_units(units: Sequence[Unit], cfg: EvalConfig) -> dict[str, list[Promp
 def generation_limits(cfg: EvalConfig, tasks: Sequence[TaskInfo], vocab: Any) -> dict[str, int]:
     """New tokens at most per generated example of each task (name -> limit), by `EvalConfig.generation_limit`:
     ``max_new_tokens``, or the bound of the task's longest reference (module docstring). Computed once per
-    evaluation (`evaluation.evaluate_models` shares it between the plan and every model)."""
+    evaluation (`runner.evaluate_models` shares it between the plan and every model)."""
     if cfg.generation_limit == "fixed":
         return {task.name: cfg.max_new_tokens for task in tasks}
     if vocab is None:

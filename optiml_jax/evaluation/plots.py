@@ -1,11 +1,11 @@
 """Figures for evaluation reports (matplotlib, Agg backend: files only, no display needed).
 
-Both functions take the aggregated results produced by `optiml_jax.reports.aggregate` (plain dicts), so they
+Both functions take the aggregated results produced by `optiml_jax.evaluation.reports.aggregate` (plain dicts), so they
 can redraw a figure from a results.json without a model. What a reader must be able to tell apart:
 
 * shot settings (or models): one colour each, named in the legend;
 * levels: one panel each, titled; a level's own average is the last, darker-edged group of its panel;
-* intervals: black error bars (the 95% bootstrap interval of `optiml_jax.reports`);
+* intervals: black error bars (the 95% bootstrap interval of `optiml_jax.evaluation.reports`);
 * missing cells: a grey hatched stub labelled "n/a" -- never a bar of height 0; a real score of 0 is marked
   with a "0" above the axis instead.
 """
@@ -20,7 +20,7 @@ matplotlib.use("Agg")  # headless machines and CI: never try to open a window
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from optiml_jax.reports import LEVEL_TITLES, NA  # noqa: E402
+from optiml_jax.evaluation.reports import LEVEL_TITLES, NA  # noqa: E402
 
 _MISSING_HEIGHT = 4.0  # points on the 0-100 axis: a stub visible at any figure size, far from any error bar
 
