@@ -432,7 +432,7 @@ def bigbench_status(data_dir: str | os.PathLike | None = None) -> BigBenchStatus
 
 def embedded_rows() -> list[CatalogueRow]:
     """Rows of the embedded suite, with their roles under the "embedded" split."""
-    from optiml_jax.tasks import embedded_suite, splits  # lazily: both sit above this module
+    from optiml_jax.tasks import embedded_suite, splits  # lower layers, imported only where the rows are built
     infos = embedded_suite.embedded_tasks()
     resolved = splits.resolve(splits.get_split("embedded"), infos, source_splits={})
     return [CatalogueRow(dataclasses.replace(i, split_role=resolved.roles[n]), source_split="train")
