@@ -51,7 +51,7 @@ setuptools.setup(
     version="0.1.0",
     description="OPT-IML instruction meta-learning: OPT in Flax, OPT-IML Bench as SeqIO tasks, a T5X-style trainer.",
     packages=setuptools.find_packages(include=["optiml_jax", "optiml_jax.*", "bench", "bench.*"]),
-    # The embedded suite's tokenizer and the taxonomy/mapping tables (tasks/catalogue.py reads them on import) ship
+    # The embedded suite's tokenizer and the taxonomy/mapping tables (tasks/taxonomy.py reads them on import) ship
     # inside the package; the tables under the repository's tasks/ (catalogue.tsv, ...) are read from the checkout
     # (the README installs editable), so a wheel is not a supported way to run the bench.
     package_data={"optiml_jax.tasks": ["embedded_tokenizer/*.json", "taxonomy.yaml"]},

@@ -11,6 +11,7 @@ import pytest
 from optiml_jax.tasks import catalogue as cat
 from optiml_jax.tasks import catalogue_builder
 from optiml_jax.tasks import splits
+from optiml_jax.tasks import taxonomy
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +87,11 @@ def _tables_text() -> str:
 
 
 def test_taxonomy_file_is_well_formed_and_is_what_the_module_holds():
-    tables = cat.parse_tables(_tables_text())
+    tables = taxonomy.parse_tables(_tables_text())
     assert tables["superni_categories"] == cat.SUPERNI_CATEGORIES and tables["category_map"] == cat.CATEGORY_MAP
     assert tables["ps_datasets"] == cat.PS_DATASETS and tables["cot_datasets"] == cat.COT_DATASETS
     assert len(cat.TAXONOMY) == len(set(cat.TAXONOMY)) == 76 + len(cat.EXTRA_CATEGORIES)
+    assert taxonomy.METRICS == cat.METRICS  # the tables' metrics are the catalogue's
     assert cat.SUPERNI_EXACT_MATCH_CATEGORIES <= set(cat.SUPERNI_CATEGORIES)
     assert all(isinstance(v, tuple) and len(v) == 2 for v in cat.FLAN_DATASETS.values())
     assert all(isinstance(v, tuple) and len(v) == 3 for v in cat.PS_DATASETS.values())
@@ -127,7 +129,7 @@ def test_parse_tables_rejects_malformed_tables(old, new, match):
     text = _tables_text()
     assert text.count(old) == 1, old
     with pytest.raises(cat.CatalogueError, match=match) as e:
-        cat.parse_tables(text.replace(old, new), where="taxonomy.yaml")
+        taxonomy.parse_tables(text.replace(old, new), where="taxonomy.yaml")
     assert str(e.value).startswith("taxonomy.yaml: ")
 
 
