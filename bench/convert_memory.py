@@ -43,14 +43,15 @@ print("RESULT " + json.dumps({"rc": rc, "baseline_kib": base, "peak_kib": resour
 
 def write_random_hf(out: pathlib.Path, model: str, seed: int = 0) -> dict[str, Any]:
     """A random HF OPT checkpoint with ``model``'s shapes (float32), written one tensor at a time."""
-    from optiml_jax.models.convert import _HF_PREFIX, parameter_map, write_safetensors_stream
+    from optiml_jax.models.hf_io import write_safetensors_stream
+    from optiml_jax.models.hf_mapping import HF_PREFIX, parameter_map
 
     cfg = bench_config(model)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))
     rng = np.random.default_rng(seed)
     maps = parameter_map(cfg)
-    specs = [(_HF_PREFIX + m.hf_key, m.hf_shape, np.dtype(np.float32)) for m in maps]
+    specs = [(HF_PREFIX + m.hf_key, m.hf_shape, np.dtype(np.float32)) for m in maps]
     arrays = (rng.standard_normal(m.hf_shape, dtype=np.float32) * 0.02 for m in maps)
     write_safetensors_stream(out / "model.safetensors", specs, arrays, {"format": "pt"})
     largest = max(int(np.prod(m.hf_shape)) * 4 for m in maps)
@@ -78,7 +79,7 @@ def conversion_memory(model: str = "opt-350m", workdir: str | os.PathLike = "/tm
     rows = {}
     rows["from_hf"] = _run(["--from_hf", str(work / "hf"), "--out", str(work / "ours")])
     rows["to_hf"] = _run(["--to_hf", str(work / "ours"), "--out", str(work / "exported"), "--max_shard_gb", "0.5"])
-    from optiml_jax.models.convert import HFWeights
+    from optiml_jax.models.hf_io import HFWeights
 
     a, b = HFWeights(work / "hf"), HFWeights(work / "exported")
     same = sorted(a.keys()) == sorted(b.keys()) and all(np.array_equal(a.get(k), b.get(k)) for k in a.keys())

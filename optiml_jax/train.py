@@ -260,8 +260,8 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
                                 f"binding(s) that differ from the checkpoint's: {'; '.join(changed)}")
             _print(is_main, f"resumed from {checkpointer.directory}/{restored.step}")
         elif init_checkpoint:
-            params = convert.load_params(init_checkpoint, convert.load_config(init_checkpoint),
-                                         trainer.state_shardings.params)
+            params = convert.load_exported_params(init_checkpoint, convert.load_config(init_checkpoint),
+                                                  trainer.state_shardings.params)
             state = trainer.init_state(params)
             del params
             _print(is_main, f"initialised from INIT_CHECKPOINT={init_checkpoint}")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from optiml_jax import convert as cli
-from optiml_jax.models import convert
+from optiml_jax.models import convert, hf_io
 from optiml_jax.models.convert import CheckpointError, load_model
 
 torch = pytest.importorskip("torch")
@@ -108,11 +108,11 @@ def test_bin_sharded_and_prefixed_inputs_give_the_same_params(tmp_path):
     (tmp_path / "prefixed").mkdir()
     shutil.copy(tmp_path / "st" / "config.json", tmp_path / "prefixed")
     state = {k.removeprefix("model."): v.numpy() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    convert.write_safetensors(tmp_path / "prefixed" / "model.safetensors", sorted(state.items()))
+    hf_io.write_safetensors(tmp_path / "prefixed" / "model.safetensors", sorted(state.items()))
 
-    _, reference = convert.load_hf_checkpoint(tmp_path / "st")
+    _, reference = hf_io.load_hf_checkpoint(tmp_path / "st")
     for name in ("bin", "sharded", "prefixed"):
-        _, params = convert.load_hf_checkpoint(tmp_path / name)
+        _, params = hf_io.load_hf_checkpoint(tmp_path / name)
         jax.tree.map(np.testing.assert_array_equal, params, reference)
 
 
@@ -197,7 +197,8 @@ def test_missing_or_corrupt_inputs(hf_dirs, tmp_path, capsys):
     hf2 = copy_hf(hf_dirs["preln"], tmp_path / "hf2")
     data = (hf2 / "model.safetensors").read_bytes()
     (hf2 / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated download
-    assert "outside the file" in cli_error(capsys, "--from_hf", hf2, "--out", tmp_path / "ckpt")
+    err = cli_error(capsys, "--from_hf", hf2, "--out", tmp_path / "ckpt")
+    assert "model.safetensors: not a valid safetensors file (truncated or corrupt?)" in err
 
     (hf2 / "model.safetensors").unlink()
     assert "no weights found" in cli_error(capsys, "--from_hf", hf2, "--out", tmp_path / "ckpt")
@@ -231,16 +232,17 @@ def test_our_checkpoint_errors(hf_dirs, tmp_path, capsys):
 
 
 def test_interrupted_write_leaves_nothing(hf_dirs, tmp_path, monkeypatch):
-    config, params = convert.load_hf_checkpoint(hf_dirs["preln"])
+    config, params = hf_io.load_hf_checkpoint(hf_dirs["preln"])
 
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(convert, "_copy_tokenizer", fail)
+    monkeypatch.setattr(convert, "copy_tokenizer", fail)
+    monkeypatch.setattr(hf_io, "copy_tokenizer", fail)
     with pytest.raises(OSError, match="disk full"):
         convert.save_checkpoint(tmp_path / "ckpt", params, config, tokenizer_dir=hf_dirs["preln"])
     with pytest.raises(OSError, match="disk full"):
-        convert.save_hf_checkpoint(tmp_path / "hf", params, config, tokenizer_dir=hf_dirs["preln"])
+        hf_io.save_hf_checkpoint(tmp_path / "hf", params, config, tokenizer_dir=hf_dirs["preln"])
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from optiml_jax import decoding, partitioning
-from optiml_jax.models.convert import load_hf_checkpoint
+from optiml_jax.models.hf_io import load_hf_checkpoint
 from optiml_jax.models.opt import OPTForCausalLM
 
 torch = pytest.importorskip("torch")

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from optiml_jax import decoding, infer, inference
-from optiml_jax.models.convert import import_hf, load_hf_checkpoint
+from optiml_jax.models.convert import import_hf
+from optiml_jax.models.hf_io import load_hf_checkpoint
 from optiml_jax.models.opt import OPTForCausalLM
 
 torch = pytest.importorskip("torch")

@@ -12,7 +12,7 @@ import pytest
 
 from optiml_jax.models import configs
 from optiml_jax.models.configs import OPTConfig, get_config, model_config
-from optiml_jax.models.convert import load_hf_checkpoint
+from optiml_jax.models.hf_io import load_hf_checkpoint
 from optiml_jax.models.opt import OPTForCausalLM, positions_from_mask, segment_mask
 
 torch = pytest.importorskip("torch")

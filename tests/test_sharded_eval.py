@@ -162,7 +162,7 @@ def test_infer_cli_takes_the_training_mesh_flags(ckpt, tmp_path, capsys):
 
 def test_convert_to_hf_restores_on_the_mesh_and_streams_shards(ckpt, tmp_path):
     from optiml_jax import convert as convert_cli
-    from optiml_jax.models.convert import HFWeights
+    from optiml_jax.models.hf_io import HFWeights
 
     plain, sharded = tmp_path / "plain", tmp_path / "sharded"
     assert convert_cli.main(["--to_hf", ckpt, "--out", str(plain)]) == 0
