@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 from optiml_jax import eval as eval_cli
@@ -188,3 +189,44 @@ def test_bbh_evaluation_mixture_is_registered(data_dir):
         assert registry.bbh_exact_match_metric(["Yes", "No"], ["yes", ""]) == {"exact_match": 50.0}
     finally:
         registry.unregister_all()
+
+
+def test_bbh_is_a_protocol_of_the_one_runner(tmp_path):
+    # BBH runs through the same runner as the held-out protocol: units of several tasks share a chunk, each mode
+    # gets one generation call with its own limit (which also decides how far prompts are cut), the answers map
+    # back to their units, and a second run reuses every unit file.
+    from optiml_jax.tasks.schema import PromptedExample
+
+    cfg = evaluation.BBHConfig(max_new_tokens=7, answer_only_max_new_tokens=3)
+    assert isinstance(evaluation.protocol_for(cfg), evaluation.BBH)
+    assert isinstance(evaluation.protocol_for(evaluation.EvalConfig()), evaluation.HeldOut)
+    with pytest.raises(TypeError, match="not an evaluation config"):
+        evaluation.protocol_for({"modes": ["cot"]})
+    units = [evaluation.BBHUnit(t, m) for t in ("bbh_a", "bbh_b") for m in ("answer_only", "cot")]
+    examples = {u.key: [PromptedExample(task=u.task, id=f"{u.task}-{i}", source=f"{u.task} {u.mode} {i}",
+                                        target="(A)", references=("(A)",), num_shots=3) for i in range(2)]
+                for u in units}
+    examples[units[3].key] = []  # a unit without items is n/a, not 0
+
+    class Scripted:
+        name, params, calls = "scripted", {"w": np.zeros(2)}, []
+
+        def generate(self, prompts, dcfg, limits=None):
+            self.calls.append((dcfg.max_new_tokens, limits, list(prompts)))
+            # answer_only prompts are answered right, CoT ones wrong but with an answer.
+            return ["(A)" if " answer_only " in p else "so the answer is (B)." for p in prompts]
+
+    predictor = Scripted()
+    agg = evaluation.evaluate(predictor, cfg, tmp_path, units=units, examples=examples, progress=False)
+    assert [(n, lim, len(p)) for n, lim, p in predictor.calls] == [(3, None, 4), (7, None, 2)]
+    assert agg["tasks"]["bbh_a"]["scores"] == {"answer_only": 100.0, "cot": 0.0}
+    assert agg["tasks"]["bbh_b"]["scores"] == {"answer_only": 100.0, "cot": None}
+    assert agg["average"] == {"answer_only": 100.0, "cot": 0.0} and agg["reused_units"] == 0
+    recs = [json.loads(x) for x in (tmp_path / "predictions" / "bbh_a.cot.jsonl").read_text().splitlines()]
+    assert [r["answer"] for r in recs] == ["(B)", "(B)"] and all(r["prompt"].startswith("bbh_a cot") for r in recs)
+    summary = json.loads((tmp_path / "tasks" / "bbh_b.answer_only.json").read_text())
+    assert list(summary) == ["task", "mode", "score", "num_examples", "num_answered", "seconds"]
+    assert (tmp_path / "bbh_results.json").exists()
+    assert "| a | 2 | 100.0 | 0.0 |" in (tmp_path / "bbh_report.md").read_text()
+    again = evaluation.evaluate(predictor, cfg, tmp_path, units=units, examples=examples, progress=False)
+    assert again["reused_units"] == 4 and len(predictor.calls) == 2

@@ -36,13 +36,13 @@ from optiml_jax.evaluation.reports import (
     LEVEL_TITLES, NA, TEMPLATED_BENCHMARKS, aggregate, format_gains, format_score, gain_intervals, level_gains,
     load_results, markdown_report, mean_or_none, replicates, template_of, template_spread,
 )
-from optiml_jax.evaluation.runner import Protocol, evaluate, evaluate_models, protocol_for
+from optiml_jax.evaluation.runner import EvalProtocol, evaluate, evaluate_models, protocol_for
 from optiml_jax.evaluation.scoring import evaluate_examples, evaluate_many, generate_greedy, metric_fn
 from optiml_jax.evaluation.store import params_fingerprint
 
 __all__ = [
     "BBH", "BBH_MODE_TITLES", "BBHConfig", "BBHUnit", "Bootstrap", "EvalConfig", "GENERATION_LIMITS", "HeldOut",
-    "LEVEL_TITLES", "NA", "Protocol", "TEMPLATED_BENCHMARKS", "Unit", "aggregate", "aggregate_bbh",
+    "EvalProtocol", "LEVEL_TITLES", "NA", "TEMPLATED_BENCHMARKS", "Unit", "aggregate", "aggregate_bbh",
     "bbh_markdown_report", "describe_plan", "evaluate", "evaluate_examples", "evaluate_many", "evaluate_models",
     "format_gains", "format_plan", "format_score", "gain_intervals", "generate_greedy", "generation_limits",
     "level_gains", "load_results", "markdown_report", "mean_or_none", "metric_fn", "params_fingerprint", "plan",

@@ -2,7 +2,7 @@
 with a predictor, keeps every finished unit on disk (a restarted run resumes from it), then aggregates and
 reports, for one model (`evaluate`) or several on the same units (`evaluate_models`).
 
-A protocol (`Protocol`) says what the units are, how they are rendered, scored, aggregated and reported:
+A protocol (`EvalProtocol`) says what the units are, how they are rendered, scored, aggregated and reported:
 `heldout.HeldOut` over an `EvalConfig` (the paper's three generalization levels) or `bbh.BBH` over a
 `BBHConfig` (BIG-Bench Hard); `evaluate` and `evaluate_models` take either config (or a protocol). The runner
 owns what they share: planning once for every model, resumption and the unit files (`store`), chunking across
@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Iterable, Mapping, Protocol as _TypingProtocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 from optiml_jax.evaluation import store
 from optiml_jax.evaluation.bbh import BBH, BBHConfig
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 @runtime_checkable
-class Protocol(_TypingProtocol):
+class EvalProtocol(Protocol):
     """What the runner asks of an evaluation protocol (`heldout.HeldOut`, `bbh.BBH`).
 
     Units are the protocol's own objects with a ``key`` (their file name under ``tasks/`` and
@@ -82,20 +82,20 @@ class Protocol(_TypingProtocol):
         """Writes the side-by-side files of several models into ``output_dir``; returns their entries."""
 
 
-def protocol_for(cfg: EvalConfig | BBHConfig | Protocol) -> Protocol:
+def protocol_for(cfg: EvalConfig | BBHConfig | EvalProtocol) -> EvalProtocol:
     """The protocol of a config: `HeldOut` for an `EvalConfig`, `BBH` for a `BBHConfig`; a protocol as is."""
     if isinstance(cfg, EvalConfig):
         return HeldOut(cfg)
     if isinstance(cfg, BBHConfig):
         return BBH(cfg)
-    if isinstance(cfg, Protocol):
+    if isinstance(cfg, EvalProtocol):
         return cfg
     raise TypeError(f"not an evaluation config or protocol: {type(cfg).__name__} (expected EvalConfig or BBHConfig)")
 
 
 def evaluate(
     predictor: Any,
-    cfg: EvalConfig | BBHConfig | Protocol,
+    cfg: EvalConfig | BBHConfig | EvalProtocol,
     output_dir: str | os.PathLike,
     *,
     units: Sequence | None = None,
@@ -169,7 +169,7 @@ def evaluate(
 def evaluate_models(
     predictors: Sequence[Any],
     labels: Sequence[str],
-    cfg: EvalConfig | BBHConfig | Protocol,
+    cfg: EvalConfig | BBHConfig | EvalProtocol,
     output_dir: str | os.PathLike,
     *,
     progress: bool = True,
@@ -201,7 +201,7 @@ def evaluate_models(
     return {"results": dict(zip(labels, aggs)), **protocol.compare(aggs, labels, output_dir)}
 
 
-def _chunks(units: Sequence, examples: Mapping[str, Sequence[PromptedExample]] | None, protocol: Protocol,
+def _chunks(units: Sequence, examples: Mapping[str, Sequence[PromptedExample]] | None, protocol: EvalProtocol,
             size: int) -> Iterable[list]:
     """Consecutive groups of units with about ``size`` examples each (a unit is never split: it is the unit of
     resumption). Without rendered examples, the protocol's limit per unit stands in for its count."""
