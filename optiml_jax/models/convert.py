@@ -63,7 +63,7 @@ PathLike = str | os.PathLike
 
 PARAMS_DIR = "params"
 TOKENIZER_DIR = "tokenizer"
-# The former private names, still used by bench/ and train.py.
+# The former private names, kept for callers outside this package (train.py copies the tokenizer with one).
 _HF_PREFIX = HF_PREFIX
 _copy_tokenizer = copy_tokenizer
 
