@@ -8,7 +8,7 @@ os.environ.setdefault("USE_TF", "0")  # transformers 4.x would import TensorFlow
 
 
 def hf_model_from_params(config: Any, params: Any, *, attn_implementation: str = "sdpa", train: bool = False):
-    """A transformers `OPTForCausalLM` (f32) with our `params` copied in via `convert.params_to_hf`.
+    """A transformers `OPTForCausalLM` (f32) with our `params` copied in via `hf_mapping.params_to_hf`.
 
     `attn_implementation` "sdpa" (PyTorch's fused scaled_dot_product_attention, HF's default) is the strongest
     CPU baseline; "eager" is HF's reference einsum path.
@@ -18,7 +18,7 @@ def hf_model_from_params(config: Any, params: Any, *, attn_implementation: str =
     from transformers import OPTConfig as HFOPTConfig
     from transformers import OPTForCausalLM as HFOPTForCausalLM
 
-    from optiml_jax.models.convert import params_to_hf
+    from optiml_jax.models.hf_mapping import params_to_hf
 
     hf_cfg = HFOPTConfig.from_dict(config.to_hf_dict())
     hf_cfg._attn_implementation = attn_implementation

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -89,13 +89,17 @@ class HFStep:
     """HF `OPTForCausalLM` training step: forward with labels, backward, grad clipping, torch.optim.AdamW."""
 
     def __init__(self, config: Any, params: Any, batch: dict[str, np.ndarray],
-                 attn_implementation: str = "sdpa", seed: int = 0):
+                 attn_implementation: str = "sdpa", seed: int = 0, compile: bool = False):
         import torch
 
         from bench.hf import hf_model_from_params
 
         torch.manual_seed(seed)
         self.model = hf_model_from_params(config, params, attn_implementation=attn_implementation, train=True)
+        # PyTorch's own best practice for a faster step: TorchInductor over the model (forward and backward;
+        # the optimizer stays eager). Its first call compiles (about 2 minutes here): the warm-up pays it.
+        self.params = list(self.model.parameters())
+        self.forward = torch.compile(self.model) if compile else self.model
         # Same recipe as ours: (0.9, 0.95), eps 1e-8, weight decay 0.1, global-norm clip 1.0, fp32 state.
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-5, betas=(0.9, 0.95), eps=1e-8,
                                      weight_decay=0.1)
@@ -110,9 +114,9 @@ class HFStep:
         import torch
 
         self.opt.zero_grad(set_to_none=True)
-        out = self.model(input_ids=self.input_ids, attention_mask=self.attention_mask, labels=self.labels)
+        out = self.forward(input_ids=self.input_ids, attention_mask=self.attention_mask, labels=self.labels)
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.opt.step()
         self.last_loss = float(out.loss.detach())
 
@@ -238,7 +242,8 @@ def step_memory(model: str, *, seq_len: int, batches: Sequence[int] = (1, 2)) ->
 
 
 def step_variants(model: str, variants: dict[str, dict[str, Any]], *, batch: int, seq_len: int, repeats: int,
-                  include_hf: bool = True, peak_size: int = 2048) -> dict[str, Any]:
+                  include_hf: bool = True, include_hf_compiled: bool = False, peak_size: int = 2048
+                  ) -> dict[str, Any]:
     """Seconds per train step of several variants of our step (``{"name": {"dtype": ..., "remat": ...,
     "ce_chunk_tokens": ...}}``), HF PyTorch's f32 step and the f32 and bf16 [peak_size]^3 matmuls, all
     round-robin in one process; plus each variant's compiled temp bytes.
@@ -257,6 +262,8 @@ def step_variants(model: str, variants: dict[str, dict[str, Any]], *, batch: int
     first = next(iter(steps.values()))
     if include_hf:
         fns["hf"] = HFStep(cfg0, first.params_numpy(), first.batch)
+    if include_hf_compiled:
+        fns["hf_compiled"] = HFStep(cfg0, first.params_numpy(), first.batch, compile=True)
     peak_fns = {}
     for dtype in ("float32", "bfloat16"):
         peak_fns[dtype], reps = _matmul_callable(peak_size, dtype, 0.0)
@@ -284,4 +291,79 @@ def step_variants(model: str, variants: dict[str, dict[str, Any]], *, batch: int
         if include_hf:
             e["ratio_over_hf"] = ratio(e["tokens_per_s"], out["entries"]["hf"]["tokens_per_s"])
             e["best_ratio_over_hf"] = ratio(out["entries"]["hf"]["best_s"], e["best_s"])
+        if include_hf_compiled:
+            e["ratio_over_hf_compiled"] = ratio(e["tokens_per_s"], out["entries"]["hf_compiled"]["tokens_per_s"])
     return out
+
+
+# The step variants of the issue-17 table: f32 and bf16 compute, full logits and chunks of 256 logits rows.
+STANDARD_VARIANTS: dict[str, dict[str, Any]] = {
+    "f32, full logits": {"dtype": "float32", "ce_chunk_tokens": 0},
+    "f32, chunks of 256": {"dtype": "float32", "ce_chunk_tokens": 256},
+    "bf16 compute, full logits": {"dtype": "bfloat16", "ce_chunk_tokens": 0},
+    "bf16 compute, chunks of 256": {"dtype": "bfloat16", "ce_chunk_tokens": 256},
+}
+
+
+def variants_markdown(result: Mapping[str, Any]) -> str:
+    """The step-variant table (median and best seconds, ratios to HF eager and compiled, share of the
+    same-run matmul, compiled temporaries)."""
+    e = result["entries"]
+    lines = [f"Train step, {result['model']}, {result['batch']} x {result['seq_len']}, one round-robin "
+             f"(load {result.get('load', '?')}):", "",
+             "| step | median s | best s | vs HF eager | vs HF torch.compile | model FLOP/s / same-run matmul "
+             "(not a hardware peak) | compiled temp |", "|---|---|---|---|---|---|---|"]
+
+    def f(x: Any, fmt: str = "{:.3g}") -> str:
+        return "-" if x is None else fmt.format(x)
+
+    for name, r in e.items():
+        if name.startswith("matmul_") or name.startswith("hf"):
+            continue
+        temp = r.get("temp_bytes")
+        lines.append(f"| {name} | {f(r['median_s'])} | {f(r['best_s'])} | {f(r.get('ratio_over_hf'), '{:.2f}x')} | "
+                     f"{f(r.get('ratio_over_hf_compiled'), '{:.2f}x')} | "
+                     f"{f(r['mfu_vs_same_run_matmul'], '{:.0%}')} | {f(temp and temp / 1e9, '{:.2f} GB')} |")
+    for name, label in (("hf", "HF PyTorch f32 (eager)"), ("hf_compiled", "HF PyTorch f32, torch.compile")):
+        if name in e:
+            lines.append(f"| {label} | {f(e[name]['median_s'])} | {f(e[name]['best_s'])} | - | - | - | - |")
+    m32, m16 = e["matmul_float32"], e["matmul_bfloat16"]
+    lines.append(f"| matmul f32 / bf16 | {f(m32['median_s'])} / {f(m16['median_s'])} | {f(m32['best_s'])} / "
+                 f"{f(m16['best_s'])} | - | - | {m32['flops_per_s'] / 1e9:.0f} / {m16['flops_per_s'] / 1e9:.0f} "
+                 "GFLOP/s | - |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: `python -m bench.train_step` times `STANDARD_VARIANTS`, HF eager and HF with torch.compile, and
+    both matmuls round-robin; writes bench/results/step_variants.{json,md}."""
+    import argparse
+    import os
+    import sys
+
+    from bench.common import machine_info, setup_threads, write_results
+
+    p = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    p.add_argument("--model", default="125m-2l")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq_len", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no_compile", action="store_true", help="leave out HF with torch.compile")
+    p.add_argument("--out_dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = p.parse_args(argv)
+    for name in ("batch", "seq_len", "repeats"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name} must be a positive integer, got {getattr(args, name)}", file=sys.stderr)
+            return 2
+    setup_threads()
+    load0 = os.getloadavg()[0]
+    result = step_variants(args.model, STANDARD_VARIANTS, batch=args.batch, seq_len=args.seq_len,
+                           repeats=args.repeats, include_hf_compiled=not args.no_compile)
+    result["load"] = f"{load0:.1f} -> {os.getloadavg()[0]:.1f}"
+    result["machine"] = machine_info()
+    write_results(args.out_dir, "step_variants", result, variants_markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

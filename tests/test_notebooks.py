@@ -6,7 +6,6 @@ OPTIML_NB_QUICK=1 and one CPU device. Together they take about 2 minutes on a 2-
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -24,11 +23,10 @@ CELL_TIMEOUT_S = 300
 
 
 def _data_dir() -> pathlib.Path | None:
-    """The real data (same rule as conftest's real_data_dir fixture), or None."""
-    for c in (os.environ.get("OPTIML_DATA_DIR"), str(REPO.parent / "shared" / "data")):
-        if c and (pathlib.Path(c) / "superni").is_dir():
-            return pathlib.Path(c)
-    return None
+    """The real data (the rule of conftest's real_data_dir fixture: `data_dir.find_real_data_dir`), or None."""
+    from optiml_jax.data_dir import find_real_data_dir
+
+    return find_real_data_dir(fallbacks=[REPO.parent / "shared" / "data"])
 
 
 def _kernel_name() -> str:

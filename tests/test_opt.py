@@ -136,6 +136,9 @@ def test_config_dict_round_trips_and_validation():
 @pytest.mark.parametrize("gin_file", sorted((REPO / "gin" / "models").glob("*.gin")), ids=lambda p: p.stem)
 def test_gin_model_files(gin_file):
     gin.clear_config()
+    # `include 'models/...'` resolves against gin/ as the entry points set it up; without this the test passed
+    # only after another test had left gin/ on gin's process-global search path.
+    gin.add_config_file_search_path(str(REPO / "gin"))
     try:
         gin.parse_config_file(str(gin_file))
         config = model_config()
