@@ -145,7 +145,7 @@ def train(
     if data_dir is not None and not pathlib.Path(data_dir).expanduser().is_dir():
         raise gin_utils.GinUsageError(
             f"train.data_dir={data_dir!r}: no such directory. Point it at the task data (see "
-            "/work/shared/data/README.md for the layout) or leave it None for the embedded suite.")
+            "the README's \"Real data\" section for the layout) or leave it None for the embedded suite.")
     env_dir = os.environ.get("OPTIML_DATA_DIR")
     if data_dir is None and env_dir and not pathlib.Path(env_dir).is_dir():
         raise gin_utils.GinUsageError(f"OPTIML_DATA_DIR={env_dir!r}: no such directory; fix or unset it")

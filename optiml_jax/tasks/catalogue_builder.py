@@ -300,8 +300,8 @@ def build_catalogue(data_dir: str | os.PathLike) -> list[CatalogueRow]:
     """
     data = pathlib.Path(data_dir)
     if not (data / "superni").is_dir():
-        raise FileNotFoundError(f"--data_dir {data}: no superni/ folder (see /work/shared/data "
-                                "README for the expected layout)")
+        raise FileNotFoundError(f"--data_dir {data}: no superni/ folder (see the README's "
+                                "\"Real data\" section for the expected layout)")
     rows = (build_superni_rows(data) + build_flan_rows(data) + build_ps_rows(data)
             + build_reasoning_rows(data))
     names: set[str] = set()
