@@ -553,7 +553,7 @@ def _export(out: pathlib.Path, params, config, vocab, convert) -> pathlib.Path:
     if jax.process_index() == 0:
         (out / convert.CONFIG_FILE).write_text(config.to_json())
         if tokenizer_dir is not None:
-            convert._copy_tokenizer(pathlib.Path(tokenizer_dir), out / convert.TOKENIZER_DIR)
+            convert.copy_tokenizer(pathlib.Path(tokenizer_dir), out / convert.TOKENIZER_DIR)
     multihost_utils.sync_global_devices("export_done")
     return out
 

@@ -39,7 +39,6 @@ from optiml_jax.models.hf_io import (
     write_safetensors_stream,
 )
 from optiml_jax.models.hf_mapping import (
-    HF_PREFIX,
     CheckpointError,
     dtype_name,
     flatten,
@@ -63,9 +62,6 @@ PathLike = str | os.PathLike
 
 PARAMS_DIR = "params"
 TOKENIZER_DIR = "tokenizer"
-# The former private names, kept for callers outside this package (train.py copies the tokenizer with one).
-_HF_PREFIX = HF_PREFIX
-_copy_tokenizer = copy_tokenizer
 
 
 # ---------------------------------------------------------------------------------------------------------------

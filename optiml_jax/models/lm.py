@@ -39,11 +39,6 @@ class CausalLM:
     z_loss: float = 0.0
     ce_chunk_tokens: int = 4096
 
-    @property
-    def config(self) -> Any:
-        """The network's config (an `OPTConfig` for OPT), or None."""
-        return getattr(self.module, "config", None)
-
     def _hidden(self, params: Any, tokens: jax.Array, segments: jax.Array, positions: jax.Array,
                 dropout_rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         deterministic = dropout_rng is None
