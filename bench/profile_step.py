@@ -1,7 +1,8 @@
 """Where our train step spends its time: `python -m bench.profile_step [--model 125m-2l --seq-len 512 ...]`.
 
 Times jitted pieces of the step side by side (round-robin, one process): forward loss, forward+backward with
-and without dropout, the tied LM head + cross-entropy alone (full logits and chunked, `optiml_jax.losses`), the embedding-gradient scatter alone, and the whole
+and without dropout, the tied LM head + cross-entropy alone (full logits and chunked, `optiml_jax.losses`), the
+embedding-gradient scatter alone, the decoder body without the LM head, one layer's attention core, and the whole
 Trainer step (forward, backward, clipping, AdamW). Also prints the HF PyTorch step for reference. The results
 motivated the optimisations listed in bench/README.md.
 """
@@ -27,6 +28,7 @@ def profile(model: str, *, seq_len: int, batch: int, repeats: int, prng: str = "
     from bench.common import bench_config, interleaved_times, setup_threads, summarize
     from bench.train_step import HFStep, OursStep
     from optiml_jax import losses
+    from optiml_jax.models.attention import AttentionSegments, xla_attention
 
     setup_threads()
     cfg = bench_config(model, seq_len)
@@ -58,6 +60,20 @@ def profile(model: str, *, seq_len: int, batch: int, repeats: int, prng: str = "
     head = jax.jit(jax.grad(lambda e, h: head_loss(e, h, 0), argnums=(0, 1)))
     head_chunked = jax.jit(jax.grad(lambda e, h: head_loss(e, h, ce_chunk_tokens), argnums=(0, 1)))
     scatter = jax.jit(jax.grad(lambda e: jnp.sum(jnp.take(e, b["decoder_input_tokens"], axis=0) * h)))
+
+    def body(p):  # the decoder without the LM head: embeddings, layers, final layer norm
+        hidden, _ = m.apply({"params": p}, b["decoder_input_tokens"], segment_ids=b["decoder_segment_ids"],
+                            positions=b["decoder_positions"], deterministic=True, return_hidden=True)
+        return jnp.sum(hidden)
+
+    body_grad = jax.jit(jax.grad(body))
+    # One layer's attention core (scores, mask, softmax, weighted values) on the step's q/k/v shapes: its
+    # einsums are batched over (batch, heads) with a 64-wide contraction, unlike every other matmul.
+    heads, head_dim = cfg.num_attention_heads, cfg.head_dim
+    qkv = jax.random.normal(rng, (3, batch, seq_len, heads, head_dim), jnp.float32)
+    seg = AttentionSegments(b["decoder_segment_ids"], b["decoder_segment_ids"], jnp.arange(seq_len),
+                            jnp.arange(seq_len))
+    attn_grad = jax.jit(jax.grad(lambda t: jnp.sum(xla_attention(t[0], t[1], t[2], seg))))
     block = jax.block_until_ready
     fns = {
         "forward (loss, no dropout)": lambda: block(fwd(params)),
@@ -66,6 +82,8 @@ def profile(model: str, *, seq_len: int, batch: int, repeats: int, prng: str = "
         "LM head + cross-entropy fwd+bwd": lambda: block(head(emb, h)),
         f"LM head + cross-entropy fwd+bwd, chunks of {ce_chunk_tokens}": lambda: block(head_chunked(emb, h)),
         "embedding lookup backward (scatter-add)": lambda: block(scatter(emb)),
+        "decoder body fwd+bwd (no LM head, no dropout)": lambda: block(body_grad(params)),
+        "attention core fwd+bwd, one layer": lambda: block(attn_grad(qkv)),
         "whole Trainer step": ours,
     }
     fns["whole Trainer step, bf16 compute"] = OursStep(cfg.replace(dtype="bfloat16"), batch, seq_len)
@@ -83,6 +101,8 @@ def profile(model: str, *, seq_len: int, batch: int, repeats: int, prng: str = "
     flops = {"forward (loss, no dropout)": fpt / 3 * tokens, "forward+backward, no dropout": fpt * tokens,
              "forward+backward, dropout 0.1": fpt * tokens, "LM head + cross-entropy fwd+bwd": head * tokens,
              f"LM head + cross-entropy fwd+bwd, chunks of {ce_chunk_tokens}": head * tokens,
+             "decoder body fwd+bwd (no LM head, no dropout)": fpt * tokens - head * tokens,
+             "attention core fwd+bwd, one layer": 12.0 * cfg.hidden_size * seq_len * tokens,  # fpt's convention
              "whole Trainer step": fpt * tokens, "whole Trainer step, bf16 compute": fpt * tokens,
              "HF PyTorch step": fpt * tokens, "2048^3 f32 matmul (peak reference)": 2.0 * 2048 ** 3}
     gflops = {k: flops[k] / out[k] / 1e9 for k in out if k in flops}
