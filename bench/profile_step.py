@@ -38,10 +38,13 @@ def profile(model: str, *, seq_len: int, batch: int, repeats: int, prng: str = "
     m = ours.trainer.model
     rng = jax.random.PRNGKey(0)
 
+    def hidden_states(p, deterministic):  # the decoder without the LM head: (final hidden, output embedding)
+        return m.apply({"params": p}, b["decoder_input_tokens"], segment_ids=b["decoder_segment_ids"],
+                       positions=b["decoder_positions"], deterministic=deterministic,
+                       rngs=None if deterministic else {"dropout": rng}, return_hidden=True)
+
     def loss(p, deterministic):  # as the trainer's (chunked LM head)
-        hidden, e = m.apply({"params": p}, b["decoder_input_tokens"], segment_ids=b["decoder_segment_ids"],
-                            positions=b["decoder_positions"], deterministic=deterministic,
-                            rngs=None if deterministic else {"dropout": rng}, return_hidden=True)
+        hidden, e = hidden_states(p, deterministic)
         s, w = losses.cross_entropy_sums(hidden, e, b["decoder_target_tokens"], b["decoder_loss_weights"],
                                          chunk_tokens=ours.trainer.config.ce_chunk_tokens)
         return s / w
@@ -61,12 +64,7 @@ def profile(model: str, *, seq_len: int, batch: int, repeats: int, prng: str = "
     head_chunked = jax.jit(jax.grad(lambda e, h: head_loss(e, h, ce_chunk_tokens), argnums=(0, 1)))
     scatter = jax.jit(jax.grad(lambda e: jnp.sum(jnp.take(e, b["decoder_input_tokens"], axis=0) * h)))
 
-    def body(p):  # the decoder without the LM head: embeddings, layers, final layer norm
-        hidden, _ = m.apply({"params": p}, b["decoder_input_tokens"], segment_ids=b["decoder_segment_ids"],
-                            positions=b["decoder_positions"], deterministic=True, return_hidden=True)
-        return jnp.sum(hidden)
-
-    body_grad = jax.jit(jax.grad(body))
+    body_grad = jax.jit(jax.grad(lambda p: jnp.sum(hidden_states(p, True)[0])))
     # One layer's attention core (scores, mask, softmax, weighted values) on the step's q/k/v shapes: its
     # einsums are batched over (batch, heads) with a 64-wide contraction, unlike every other matmul.
     heads, head_dim = cfg.num_attention_heads, cfg.head_dim
