@@ -1,6 +1,7 @@
 """Training-step throughput: our jitted step (optiml_jax.trainer) vs HF PyTorch, MFU, compiled-step memory."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from typing import Any, Mapping, Sequence
@@ -34,7 +35,10 @@ class OursStep:
 
     def __init__(self, config: Any, batch: int, seq_len: int, seed: int = 0, *,
                  mesh_shape: dict[str, int] | None = None, devices: Sequence[Any] | None = None,
-                 ce_chunk_tokens: int | None = None):
+                 ce_chunk_tokens: int | None = None, modules_at: tuple[str, Sequence[str]] | None = None):
+        """``modules_at=(rev, module names)``: the step as it was with those modules at git revision ``rev``
+        (`bench.revisions`); every trace and call runs inside the swap, so a retrace cannot pick up today's code.
+        """
         import jax
 
         from optiml_jax import partitioning, trainer
@@ -51,14 +55,22 @@ class OursStep:
                                        partitioning.DEFAULT_LOGICAL_AXIS_RULES,
                                        global_batch_size=batch, seq_len=seq_len)
         self._state: Any = None  # initialised on first use: memory analysis needs only shapes
+        self.modules_at = modules_at
         self.batch = synthetic_batch(config.vocab_size, batch, seq_len, seed)
         self.last_loss: float | None = None
+
+    def _code(self) -> contextlib.AbstractContextManager:
+        if self.modules_at is None:
+            return contextlib.nullcontext()
+        from bench.revisions import modules_at
+        return modules_at(*self.modules_at)
 
     @property
     def state(self) -> Any:
         """The (lazily initialised, sharded) train state."""
         if self._state is None:
-            self._state = self.trainer.init_state()
+            with self._code():
+                self._state = self.trainer.init_state()
         return self._state
 
     @state.setter
@@ -71,12 +83,15 @@ class OursStep:
         return jax.tree.map(np.asarray, self.state.params)
 
     def __call__(self) -> None:
-        self.state, metrics = self.trainer.train_step(self.state, self.batch)
+        state = self.state
+        with self._code():
+            self.state, metrics = self.trainer.train_step(state, self.batch)
         self.last_loss = float(metrics["loss"])  # float() blocks until the step has finished
 
     def memory_analysis(self) -> dict[str, int]:
         """XLA's compiled-step memory analysis (argument/output/temp/alias bytes)."""
-        compiled = self.trainer.compile_train_step(self.batch)
+        with self._code():
+            compiled = self.trainer.compile_train_step(self.batch)
         ma = compiled.memory_analysis()
         if ma is None:
             return {}
@@ -245,7 +260,8 @@ def step_variants(model: str, variants: dict[str, dict[str, Any]], *, batch: int
                   include_hf: bool = True, include_hf_compiled: bool = False, peak_size: int = 2048
                   ) -> dict[str, Any]:
     """Seconds per train step of several variants of our step (``{"name": {"dtype": ..., "remat": ...,
-    "ce_chunk_tokens": ...}}``), HF PyTorch's f32 step and the f32 and bf16 [peak_size]^3 matmuls, all
+    "ce_chunk_tokens": ..., "modules_at": (rev, module names)}}``; "modules_at" builds the step with those
+    modules as they were at git revision ``rev``, see `bench.revisions`), HF PyTorch's f32 step and the f32 and bf16 [peak_size]^3 matmuls, all
     round-robin in one process; plus each variant's compiled temp bytes.
 
     Returns per entry the summary, tokens/s and, for our variants, the ratio to HF and the share of the
@@ -257,7 +273,8 @@ def step_variants(model: str, variants: dict[str, dict[str, Any]], *, batch: int
     for name, v in variants.items():
         v = dict(v)
         chunk = v.pop("ce_chunk_tokens", None)
-        steps[name] = OursStep(cfg0.replace(**v), batch, seq_len, ce_chunk_tokens=chunk)
+        at = v.pop("modules_at", None)
+        steps[name] = OursStep(cfg0.replace(**v), batch, seq_len, ce_chunk_tokens=chunk, modules_at=at)
         fns[name] = steps[name]
     first = next(iter(steps.values()))
     if include_hf:
@@ -283,6 +300,8 @@ def step_variants(model: str, variants: dict[str, dict[str, Any]], *, batch: int
         e = out["entries"][name]
         dtype = step.config.dtype
         e.update(dtype=dtype, remat=step.config.remat, ce_chunk_tokens=step.trainer.config.ce_chunk_tokens,
+                 code=("working tree" if step.modules_at is None
+                       else f"{', '.join(step.modules_at[1])} at {step.modules_at[0]}"),
                  model_flops_per_s=fpt * e["tokens_per_s"],
                  mfu_vs_same_run_matmul=fpt * e["tokens_per_s"] / out["entries"][f"matmul_{dtype}"]["flops_per_s"],
                  best_mfu_vs_same_run_matmul=(fpt * tokens / e["best_s"])
@@ -296,11 +315,14 @@ def step_variants(model: str, variants: dict[str, dict[str, Any]], *, batch: int
     return out
 
 
-# The step variants of the issue-17 table: f32 and bf16 compute, full logits and chunks of 256 logits rows.
+# The step variants of the issue-17 table: f32 and bf16 compute; full logits by autodiff (chunk 0, the
+# reference), the trainer's default chunk (2,048 logits rows: one chunk at 4 x 512) and chunks of 256 rows.
 STANDARD_VARIANTS: dict[str, dict[str, Any]] = {
     "f32, full logits": {"dtype": "float32", "ce_chunk_tokens": 0},
+    "f32, default chunk": {"dtype": "float32"},
     "f32, chunks of 256": {"dtype": "float32", "ce_chunk_tokens": 256},
     "bf16 compute, full logits": {"dtype": "bfloat16", "ce_chunk_tokens": 0},
+    "bf16 compute, default chunk": {"dtype": "bfloat16"},
     "bf16 compute, chunks of 256": {"dtype": "bfloat16", "ce_chunk_tokens": 256},
 }
 
@@ -349,15 +371,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seq_len", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no_compile", action="store_true", help="leave out HF with torch.compile")
+    p.add_argument("--before", metavar="REV", default=None,
+                   help="also time each variant with --before_modules as they were at git revision REV")
+    p.add_argument("--before_modules", default="optiml_jax.losses",
+                   help="comma-separated modules taken from --before (default: optiml_jax.losses)")
     p.add_argument("--out_dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = p.parse_args(argv)
     for name in ("batch", "seq_len", "repeats"):
         if getattr(args, name) < 1:
             print(f"error: --{name} must be a positive integer, got {getattr(args, name)}", file=sys.stderr)
             return 2
+    variants = dict(STANDARD_VARIANTS)
+    if args.before is not None:
+        from bench.revisions import resolve
+
+        try:
+            rev = resolve(args.before)
+        except ValueError as e:
+            print(f"error: --before: {e}", file=sys.stderr)
+            return 2
+        names = tuple(n.strip() for n in args.before_modules.split(",") if n.strip())
+        bad = [n for n in names if not n.startswith("optiml_jax.")]
+        if not names or bad:
+            print(f"error: --before_modules must name optiml_jax modules, got {args.before_modules!r}",
+                  file=sys.stderr)
+            return 2
+        variants = {}
+        for name, v in STANDARD_VARIANTS.items():
+            if v.get("ce_chunk_tokens") == 0 and names == ("optiml_jax.losses",):
+                variants[name] = v  # the autodiff reference: the same code before and after a losses change
+                continue
+            variants[f"{name} (before: {rev[:7]})"] = {**v, "modules_at": (rev, names)}
+            variants[name] = v
     setup_threads()
     load0 = os.getloadavg()[0]
-    result = step_variants(args.model, STANDARD_VARIANTS, batch=args.batch, seq_len=args.seq_len,
+    result = step_variants(args.model, variants, batch=args.batch, seq_len=args.seq_len,
                            repeats=args.repeats, include_hf_compiled=not args.no_compile)
     result["load"] = f"{load0:.1f} -> {os.getloadavg()[0]:.1f}"
     result["machine"] = machine_info()

@@ -17,8 +17,9 @@ time inside a ``lax.scan``:
 Chunks run along the sequence axis, all rows together, so a batch sharded over data-parallel devices stays
 sharded inside every chunk (chunking the flattened tokens would put each chunk on one device). The chunk
 covers ``max(1, chunk_tokens // B)`` positions; the sequence is zero-padded to a whole number of chunks with
-weight 0. ``chunk_tokens <= 0`` (or a chunk as long as the sequence) computes the full logits in one piece
-with plain autodiff: the reference the chunked path is tested against.
+weight 0. ``chunk_tokens <= 0`` computes the full logits in one piece with plain autodiff: the reference the
+chunked path is tested against (scoring, which has no backward pass, also takes it when one chunk covers the
+sequence).
 
 `cross_entropy_from_logits` is the same loss for callers that already hold logits.
 
@@ -114,9 +115,11 @@ def cross_entropy_sums(h: jax.Array, w: jax.Array, targets: jax.Array, weights: 
         raise ValueError(f"weights {weights.shape} and targets {targets.shape} must have the same shape")
     weights = weights.astype(jnp.float32)
     b, length = targets.shape
-    size = chunk_positions(b, length, chunk_tokens)
-    if size >= length:
+    if chunk_tokens <= 0:
         return cross_entropy_from_logits(_logits(h, w), targets, weights, z_loss)
+    # A chunk as long as the sequence still takes the custom VJP (a scan of one step): its fused gradient
+    # pass is faster than autodiff of the full logits (bench/README.md, "One exponential per logit").
+    size = chunk_positions(b, length, chunk_tokens)
     return _chunked_ce(h, w, targets, weights, float(z_loss), size), jnp.sum(weights)
 
 
@@ -152,13 +155,19 @@ def _chunked_ce_fwd(h, w, targets, weights, z_loss, size):
         total, dw = carry
         hc, tc, wtc = xs
         logits = _logits(hc, w)
-        log_z, target = _stats(logits, tc)
+        # One exponential per logit serves both log Z and the softmax: logsumexp followed by
+        # exp(logits - log Z) takes two, and on CPU that second pass over [B, chunk, V] cost ~10% of the LM head.
+        peak = jnp.max(logits, axis=-1)
+        unnormalised = jnp.exp(logits - peak[..., None])
+        partition = jnp.sum(unnormalised, axis=-1)
+        log_z = peak + jnp.log(partition)
+        target = jnp.take_along_axis(logits, tc[..., None].astype(jnp.int32), axis=-1)[..., 0]
         ce = _per_token_ce(log_z, target, z_loss)
         # d(loss)/d(logits) of this chunk; the one-hot term is subtracted with a compare, not a scatter.
         scale = wtc * (1.0 + 2.0 * z_loss * log_z) if z_loss else wtc
-        probs = jnp.exp(logits - log_z[..., None])
         onehot = jnp.arange(vocab, dtype=jnp.int32) == tc[..., None].astype(jnp.int32)
-        g = (probs * scale[..., None] - jnp.where(onehot, wtc[..., None], 0.0)).astype(wc_dtype)
+        g = (unnormalised * (scale / partition)[..., None]
+             - jnp.where(onehot, wtc[..., None], 0.0)).astype(wc_dtype)
         dh = jnp.einsum("blv,vd->bld", g, w.astype(wc_dtype), preferred_element_type=jnp.float32)
         dw = dw + jnp.einsum("blv,bld->vd", g, hc, preferred_element_type=jnp.float32)
         return (total + jnp.sum(ce * wtc), dw), (dh.astype(h.dtype), ce)
