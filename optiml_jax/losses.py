@@ -17,9 +17,8 @@ time inside a ``lax.scan``:
 Chunks run along the sequence axis, all rows together, so a batch sharded over data-parallel devices stays
 sharded inside every chunk (chunking the flattened tokens would put each chunk on one device). The chunk
 covers ``max(1, chunk_tokens // B)`` positions; the sequence is zero-padded to a whole number of chunks with
-weight 0. ``chunk_tokens <= 0`` computes the full logits in one piece with plain autodiff: the reference the
-chunked path is tested against (scoring, which has no backward pass, also takes it when one chunk covers the
-sequence).
+weight 0. ``chunk_tokens <= 0`` (or a chunk as long as the sequence) computes the full logits in one piece
+with plain autodiff: the reference the chunked path is tested against.
 
 `cross_entropy_from_logits` is the same loss for callers that already hold logits.
 
@@ -115,11 +114,11 @@ def cross_entropy_sums(h: jax.Array, w: jax.Array, targets: jax.Array, weights: 
         raise ValueError(f"weights {weights.shape} and targets {targets.shape} must have the same shape")
     weights = weights.astype(jnp.float32)
     b, length = targets.shape
-    if chunk_tokens <= 0:
-        return cross_entropy_from_logits(_logits(h, w), targets, weights, z_loss)
-    # A chunk as long as the sequence still takes the custom VJP (a scan of one step): its fused gradient
-    # pass is faster than autodiff of the full logits (bench/README.md, "One exponential per logit").
     size = chunk_positions(b, length, chunk_tokens)
+    if size >= length:
+        # One chunk would cover the sequence: plain autodiff of the full logits. The custom VJP with one
+        # [B, L, V] chunk was slower in f32 and held 15% more temporaries (bench/README.md, "One exponential").
+        return cross_entropy_from_logits(_logits(h, w), targets, weights, z_loss)
     return _chunked_ce(h, w, targets, weights, float(z_loss), size), jnp.sum(weights)
 
 
