@@ -318,7 +318,8 @@ def step_variants(model: str, variants: dict[str, dict[str, Any]], *, batch: int
 
 
 # The step variants of the issue-17 table: f32 and bf16 compute; full logits by autodiff (chunk 0, the
-# reference), the trainer's default chunk (2,048 logits rows: one chunk at 4 x 512) and chunks of 256 rows.
+# reference), the trainer's default chunk (2,048 logits rows: one chunk at 4 x 512), chunks of 256 rows, and
+# those with the attention's causal query blocks.
 STANDARD_VARIANTS: dict[str, dict[str, Any]] = {
     "f32, full logits": {"dtype": "float32", "ce_chunk_tokens": 0},
     "f32, default chunk": {"dtype": "float32"},
@@ -326,6 +327,11 @@ STANDARD_VARIANTS: dict[str, dict[str, Any]] = {
     "bf16 compute, full logits": {"dtype": "bfloat16", "ce_chunk_tokens": 0},
     "bf16 compute, default chunk": {"dtype": "bfloat16"},
     "bf16 compute, chunks of 256": {"dtype": "bfloat16", "ce_chunk_tokens": 256},
+    # Causal block skipping of the XLA attention (OPTConfig.attention_query_block), the CPU's best settings.
+    "f32, chunks of 256, query blocks of 128": {"dtype": "float32", "ce_chunk_tokens": 256,
+                                                "attention_query_block": 128},
+    "bf16 compute, chunks of 256, query blocks of 128": {"dtype": "bfloat16", "ce_chunk_tokens": 256,
+                                                         "attention_query_block": 128},
 }
 
 

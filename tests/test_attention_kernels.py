@@ -262,3 +262,59 @@ def test_fused_kernel_under_a_mesh_runs_per_device_and_equals_xla():
             # A fresh function: jit's trace cache does not know the axis rules changed.
             jax.eval_shape(lambda p, i, s: model.apply({"params": p}, i, segment_ids=s), params, ids, seg)
     assert _max_diff(out, ref) < FWD_TOL
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Causal block skipping of the XLA path (OPTConfig.attention_query_block)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("block", [1, 7, 16, 36, 37])  # 37 = L: one block; 7 and 16 do not divide L
+def test_causal_blocks_equal_the_full_score_matrix(block):
+    """Forward and gradients on packed rows with padding (padding queries see only themselves)."""
+    batch, length, heads, dim = 3, 37, 2, 8
+    seg = jnp.asarray(_packed_segments(batch, length))
+    q, k, v = _qkv((batch, length, heads, dim), seed=5)
+    idx = jnp.arange(length, dtype=jnp.int32)
+    segs = attention.AttentionSegments(seg, seg, idx, idx)
+    cot = jnp.asarray(np.random.default_rng(6).standard_normal((batch, length, heads, dim)), jnp.float32)
+
+    def loss(fn):
+        return jax.jit(jax.value_and_grad(lambda q, k, v: jnp.sum(fn(q, k, v) * cot), argnums=(0, 1, 2)))
+
+    ref, g_ref = loss(lambda q, k, v: attention.xla_attention(q, k, v, segs))(q, k, v)
+    got, g_got = loss(lambda q, k, v: attention.causal_block_attention(q, k, v, segs, block))(q, k, v)
+    np.testing.assert_allclose(float(got), float(ref), rtol=1e-5)
+    out = attention.causal_block_attention(q, k, v, segs, block)
+    assert out.shape == q.shape
+    assert _max_diff(out, _reference(q, k, v, seg)) < 1e-5
+    for a, b in zip(g_got, g_ref):
+        assert _max_diff(a, b) < 1e-5
+    assert max(float(jnp.max(jnp.abs(g))) for g in g_ref) > 1e-2
+
+
+def test_model_with_query_blocks_equals_one_block():
+    """The whole model (packed, padded rows) with blocks of 5 positions: logits and gradients of the XLA path."""
+    batch, length = 2, 24
+    seg = jnp.asarray(_packed_segments(batch, length))
+    ids = jnp.asarray(np.random.default_rng(2).integers(3, 128, (batch, length)), jnp.int32)
+    params = _tiny_params()
+    blocked = OPTForCausalLM(_tiny("xla").config.replace(attention_query_block=5))
+
+    def loss(model):
+        def f(p):
+            logits = model.apply({"params": p}, ids, segment_ids=seg)
+            return jnp.sum(jax.nn.log_softmax(logits)[..., 7] * (seg != 0)), logits
+        return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
+
+    (l_ref, logits_ref), g_ref = loss(_tiny("xla"))
+    (l_got, logits), g_got = loss(blocked)
+    assert _max_diff(logits, logits_ref) < 1e-5
+    assert abs(float(l_got) - float(l_ref)) < 1e-4
+    assert max(jax.tree.leaves(jax.tree.map(_max_diff, g_got, g_ref))) < 1e-5
+
+
+def test_query_block_must_be_a_non_negative_integer():
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="attention_query_block"):
+            get_config("tiny").replace(attention_query_block=bad)

@@ -7,7 +7,8 @@ arrives already scaled by head_dim ** -0.5 (HF's order), so no kernel scales aga
 Kernels (`OPTConfig.attention_kernel`, `configs.ATTENTION_KERNELS`):
 
 - ``"xla"``: einsum + f32 softmax over a [B, H, Lq, Lk] score tensor. Every feature: attention dropout, the KV
-  cache, any segment layout. The decode path (KV cache, prefill included) always uses it, whatever the kernel:
+  cache, any segment layout. Outside decoding, ``OPTConfig.attention_query_block`` > 0 runs it in query blocks
+  that skip the causal upper triangle (`causal_block_attention`; the fastest path on CPU). The decode path (KV cache, prefill included) always uses it, whatever the kernel:
   one query row per step makes a fused kernel pointless there, and the fused kernels below assume the query and
   key blocks start at the same position, which a cache written at ``cache_index > 0`` breaks.
 - ``"pallas"``: `jax.experimental.pallas.ops.gpu.attention.mha` (Triton flash attention, custom VJP) with segment
@@ -92,6 +93,29 @@ def xla_attention(query: jax.Array, key: jax.Array, value: jax.Array, segments: 
         probs = probs_fn(probs)
     out = jnp.einsum(f"bhqk,{k_spec}->{q_spec}", probs.astype(value.dtype), value)
     return jnp.swapaxes(out, 1, 2) if heads_major else out
+
+
+def causal_block_attention(query: jax.Array, key: jax.Array, value: jax.Array, segments: AttentionSegments,
+                           block: int, *, probs_fn: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+    """`xla_attention` of self-attention without a cache, queries taken ``block`` positions at a time, each
+    block against the keys up to its own end only: the upper-triangle score blocks, masked anyway, are never
+    formed (about half of the score and value work and memory at long sequences). [B, L, H, D] in and out.
+
+    Exact for the rule of `segment_mask` when query and key indices are the same positions (training and
+    scoring, not a KV-cache step): a key after the block's end is after every query in it. ``block <= 0`` or
+    ``>= L``: one block, i.e. `xla_attention`. Blocks are a Python loop (static shapes, one pair of einsums
+    per block): the Pallas kernels skip the same blocks on accelerators, but their CPU interpreter is for tests.
+    """
+    length = query.shape[1]
+    if block <= 0 or block >= length:
+        return xla_attention(query, key, value, segments, probs_fn=probs_fn)
+    outs = []
+    for start in range(0, length, block):
+        end = min(length, start + block)
+        part = AttentionSegments(segments.q_segment_ids[:, start:end], segments.kv_segment_ids[:, :end],
+                                 segments.q_index[start:end], segments.kv_index[:end])
+        outs.append(xla_attention(query[:, start:end], key[:, :end], value[:, :end], part, probs_fn=probs_fn))
+    return jnp.concatenate(outs, axis=1)
 
 
 def unique_padding_ids(segment_ids: jax.Array, length: int | None = None) -> jax.Array:

@@ -79,6 +79,9 @@ class OPTConfig:
     param_dtype: str = "float32"    # storage dtype of the parameters
     remat: str = "none"             # per-layer rematerialisation policy, one of REMAT_POLICIES
     attention_kernel: str = "xla"
+    # "xla" kernel outside decoding: queries in blocks of this many positions that skip the causal upper
+    # triangle (models/attention.py, causal_block_attention); 0 = the whole [L, L] score matrix at once.
+    attention_query_block: int = 0
     name: str = ""                  # informational: the get_config() name it came from
 
     def __post_init__(self) -> None:
@@ -104,6 +107,10 @@ class OPTConfig:
         if self.attention_kernel not in ATTENTION_KERNELS:
             raise ValueError(
                 f"OPTConfig.attention_kernel must be one of {ATTENTION_KERNELS}, got {self.attention_kernel!r}")
+        block = self.attention_query_block
+        if not isinstance(block, int) or isinstance(block, bool) or block < 0:
+            raise ValueError(f"OPTConfig.attention_query_block must be a non-negative integer (0: no blocks), "
+                             f"got {block!r}")
         if isinstance(self.remat, bool):  # configs and checkpoints written before remat policies had a bool
             object.__setattr__(self, "remat", "full" if self.remat else "none")
         if self.remat not in REMAT_POLICIES:
@@ -192,7 +199,7 @@ class OPTConfig:
         values: dict[str, Any] = {}
         for field in dataclasses.fields(cls):
             hf_key = "_remove_final_layer_norm" if field.name == "remove_final_layer_norm" else field.name
-            if field.name in ("dtype", "param_dtype", "remat", "attention_kernel", "name"):
+            if field.name in ("dtype", "param_dtype", "remat", "attention_kernel", "attention_query_block", "name"):
                 continue
             if hf_key in hf and hf[hf_key] is not None:
                 values[field.name] = hf[hf_key]

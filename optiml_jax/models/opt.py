@@ -28,6 +28,7 @@ from jax import lax
 
 from optiml_jax.models.attention import (
     AttentionSegments,
+    causal_block_attention,
     fused_attention,
     segment_mask,
     xla_attention,
@@ -149,8 +150,15 @@ class OPTAttention(nn.Module):
             out = fused_attention(cfg.attention_kernel, query, key, value, segments.q_segment_ids)
         else:
             dropout = nn.Dropout(rate=cfg.attention_dropout)
-            out = xla_attention(query, key, value, segments, heads_major=decode,
-                                probs_fn=lambda p: dropout(p, deterministic=deterministic))
+
+            def probs_fn(p: jax.Array) -> jax.Array:
+                return dropout(p, deterministic=deterministic)
+
+            if decode:
+                out = xla_attention(query, key, value, segments, heads_major=True, probs_fn=probs_fn)
+            else:
+                out = causal_block_attention(query, key, value, segments, cfg.attention_query_block,
+                                             probs_fn=probs_fn)
         out = _EinsumDense(contract=2, kernel_shape=(heads, head_dim, cfg.hidden_size),
                            kernel_axes=("heads", "kv", "embed"), bias_axes=("embed",), use_bias=cfg.enable_bias,
                            dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init, name="out_proj")(out)
