@@ -46,3 +46,14 @@ def test_unknown_revisions_and_files_are_errors():
     assert len(revisions.resolve("HEAD")) == 40
     with pytest.raises(ValueError, match="cannot read"), revisions.modules_at("HEAD", ["optiml_jax.no_such_module_x"]):
         pass
+
+
+def test_train_step_cli_rejects_a_bad_revision_or_module(capsys):
+    from bench import train_step
+
+    assert train_step.main(["--before", "no-such-revision-xyz"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --before: unknown git revision 'no-such-revision-xyz'"
+    assert train_step.main(["--before", "HEAD", "--before_modules", "numpy"]) == 2
+    assert capsys.readouterr().err.startswith("error: --before_modules must name optiml_jax modules")
+    assert train_step.main(["--only", "no such variant"]) == 2
+    assert capsys.readouterr().err.startswith("error: --only")
