@@ -8,9 +8,10 @@ Kernels (`OPTConfig.attention_kernel`, `configs.ATTENTION_KERNELS`):
 
 - ``"xla"``: einsum + f32 softmax over a [B, H, Lq, Lk] score tensor. Every feature: attention dropout, the KV
   cache, any segment layout. Outside decoding, ``OPTConfig.attention_query_block`` > 0 runs it in query blocks
-  that skip the causal upper triangle (`causal_block_attention`; the fastest path on CPU). The decode path (KV cache, prefill included) always uses it, whatever the kernel:
-  one query row per step makes a fused kernel pointless there, and the fused kernels below assume the query and
-  key blocks start at the same position, which a cache written at ``cache_index > 0`` breaks.
+  that skip the causal upper triangle (`causal_block_attention`; less work and memory, measured on CPU). The
+  decode path (KV cache, prefill included) always uses it, whatever the kernel: one query row per step makes a
+  fused kernel pointless there, and the fused kernels below assume the query and key blocks start at the same
+  position, which a cache written at ``cache_index > 0`` breaks.
 - ``"pallas"``: `jax.experimental.pallas.ops.gpu.attention.mha` (Triton flash attention, custom VJP) with segment
   ids; compiled on GPU, run by the Pallas interpreter on CPU (slow: tests only).
 - ``"splash"``: TPU splash attention (`jax.experimental.pallas.ops.tpu.splash_attention`) with `SegmentIds` and a
