@@ -70,6 +70,7 @@ def train(
     init_checkpoint: str | None = None,
     optimizer: trainer_lib.OptimizerConfig = trainer_lib.OptimizerConfig(),
     num_microbatches: int = 1,
+    ce_chunk_tokens: int = trainer_lib.TrainerConfig.ce_chunk_tokens,
     seed: int = 0,
     mixture: str = "optiml_train",
     mixture_config: Any = None,
@@ -103,6 +104,8 @@ def train(
         None trains from scratch.
       optimizer: `OptimizerConfig` (its total_steps is replaced by train_steps).
       num_microbatches: gradient accumulation steps inside one optimizer step.
+      ce_chunk_tokens: logits rows of the tied LM head's cross-entropy formed at a time (`optiml_jax.losses`;
+        0 = the full [tokens, vocab] logits at once). Memory against speed; results equal to f32 rounding.
       seed: data order, dropout and (from scratch) initialisation.
       mixture, mixture_config, split: the training mixture (see optiml_jax.tasks.pipeline.TrainInput).
       packing_window: look-ahead of the first-fit packer (1 = in-order packing); part of the resume state.
@@ -138,6 +141,9 @@ def train(
     _validate_args(model_dir, train_steps, batch_size, seq_len, model)
     if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
         raise gin_utils.GinUsageError(f"train.prefetch must be an integer >= 0 (batches ahead), got {prefetch!r}")
+    if not isinstance(ce_chunk_tokens, int) or isinstance(ce_chunk_tokens, bool) or ce_chunk_tokens < 0:
+        raise gin_utils.GinUsageError(
+            f"train.ce_chunk_tokens must be an integer >= 0 (0 = no chunking), got {ce_chunk_tokens!r}")
     model_dir_p = pathlib.Path(model_dir).expanduser().absolute()
     if init_checkpoint:
         ckpt_lib.check_model_checkpoint_dir(init_checkpoint)
@@ -157,7 +163,8 @@ def train(
         return _train(
             model_dir_p=model_dir_p, is_main=is_main, train_steps=train_steps, batch_size=batch_size,
             seq_len=seq_len, model=model, init_checkpoint=init_checkpoint, optimizer=optimizer,
-            num_microbatches=num_microbatches, seed=seed, mixture=mixture, mixture_config=mixture_config,
+            num_microbatches=num_microbatches, ce_chunk_tokens=ce_chunk_tokens, seed=seed, mixture=mixture,
+            mixture_config=mixture_config,
             packing_window=packing_window, prefetch=prefetch, data_dir=data_dir, split=split,
             tokenizer_dir=tokenizer_dir, partition=partition, checkpoint=checkpoint, eval_every=eval_every,
             heldout_max_examples_per_task=heldout_max_examples_per_task, heldout_max_batches=heldout_max_batches,
@@ -168,7 +175,8 @@ def train(
 
 def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_size: int, seq_len: int,
            model: model_configs.OPTConfig, init_checkpoint: str | None, optimizer: trainer_lib.OptimizerConfig,
-           num_microbatches: int, seed: int, mixture: str, mixture_config: Any, packing_window: int,
+           num_microbatches: int, ce_chunk_tokens: int, seed: int, mixture: str, mixture_config: Any,
+           packing_window: int,
            prefetch: int, data_dir: str | None, split: str | None, tokenizer_dir: str | None,
            partition: partitioning.PartitionConfig, checkpoint: ckpt_lib.CheckpointConfig, eval_every: int,
            heldout_max_examples_per_task: int, heldout_max_batches: int | None,
@@ -205,7 +213,8 @@ def _train(*, model_dir_p: pathlib.Path, is_main: bool, train_steps: int, batch_
     optimizer = dataclasses.replace(optimizer, total_steps=train_steps)
     trainer = trainer_lib.Trainer(
         OPTForCausalLM(model),
-        trainer_lib.TrainerConfig(optimizer=optimizer, num_microbatches=num_microbatches, seed=seed),
+        trainer_lib.TrainerConfig(optimizer=optimizer, num_microbatches=num_microbatches, seed=seed,
+                                  ce_chunk_tokens=ce_chunk_tokens),
         mesh, partition.logical_axis_rules, global_batch_size=batch_size, seq_len=seq_len)
     shard = partitioning.host_shard(mesh, batch_size)
 

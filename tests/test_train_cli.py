@@ -124,6 +124,10 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert train.main(["--gin_file=gin/train/tiny_cpu.gin", f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
                        f"--gin.optiml_jax.train.data_dir='{tmp_path / 'nodata'}'"]) == 2
     assert "train.data_dir=" in capsys.readouterr().err
+    assert train.main(["--gin_file=gin/train/tiny_cpu.gin", f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+                       "--gin.optiml_jax.train.ce_chunk_tokens=-1"]) == 2
+    assert "error: train.ce_chunk_tokens must be an integer >= 0 (0 = no chunking), got -1" in \
+        capsys.readouterr().err
     assert train.main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "MODEL_DIR" in out and "INIT_CHECKPOINT" in out and "OptimizerConfig.learning_rate" in out
@@ -147,3 +151,22 @@ def test_paper_recipes_parse_with_table3_settings():
         assert partitioning.resolve_mesh_shape(shape, devices)[2] == 8  # Megatron tensor parallel 8
     for name in ("opt_125m", "tiny_cpu"):
         gin_utils.parse_gin([f"gin/train/{name}.gin"], [])
+
+
+def test_ce_chunk_tokens_binding_reaches_the_trainer(tmp_path, monkeypatch):
+    from optiml_jax import trainer as trainer_lib
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_init(self, model, config, *args, **kwargs):
+        seen.append(config.ce_chunk_tokens)
+        raise Stop
+
+    monkeypatch.setattr(trainer_lib.Trainer, "__init__", fake_init)
+    with pytest.raises(Stop):
+        train.main(["--gin_file=gin/train/tiny_cpu.gin", f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+                    "--gin.optiml_jax.train.ce_chunk_tokens=512"])
+    assert seen == [512]
