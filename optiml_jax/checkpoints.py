@@ -170,11 +170,40 @@ def _drop_closed_loop_callbacks() -> None:
     sys.unraisablehook = hook
 
 
+_UNRETRIEVED = ("Task exception was never retrieved", "Future exception was never retrieved")  # asyncio's words
+
+
+class _DamagedReadTaskFilter(logging.Filter):
+    """Drops asyncio's "Task/Future exception was never retrieved" reports of orbax read tasks that failed on damaged
+    files (orbax 0.12.8 / tensorstore).
+
+    When a restore fails on a damaged step, orbax's gather raises the first array's error, which `Checkpointer`
+    reports in one line; the other arrays' failed reads are collected later and asyncio logs each with its
+    traceback, at a moment that depends on the garbage collector. Only failures that `_is_damage` recognises are
+    dropped; any other unretrieved task exception is still logged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if (exc is not None and record.getMessage().startswith(_UNRETRIEVED) and _is_damage(exc)):
+            logger.debug("dropped asyncio's report of a failed read of a damaged checkpoint: %s", exc)
+            return False
+        return True
+
+
+def _drop_damaged_read_task_reports() -> None:
+    """Installs `_DamagedReadTaskFilter` on the asyncio logger (once)."""
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _DamagedReadTaskFilter) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_DamagedReadTaskFilter())
+
+
 class Checkpointer:
     """Periodic, atomic, keep-N training checkpoints in ``directory`` (one per step)."""
 
     def __init__(self, directory: str | os.PathLike, config: CheckpointConfig = CheckpointConfig()):
         _drop_closed_loop_callbacks()
+        _drop_damaged_read_task_reports()
         config.validate()
         self.directory = pathlib.Path(directory).absolute()
         self.config = config
