@@ -33,11 +33,14 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def _target_logit(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """The logit of each position's target, [...] from logits [..., V] and targets [...]."""
+    return jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
 def _stats(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(log Z, target logit) per position from f32 logits [..., V]."""
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    target = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    return log_z, target
+    return jax.nn.logsumexp(logits, axis=-1), _target_logit(logits, targets)
 
 
 def cross_entropy_from_logits(logits: jax.Array, targets: jax.Array, weights: jax.Array, z_loss: float = 0.0
@@ -160,8 +163,7 @@ def _chunked_ce_fwd(h, w, targets, weights, z_loss, size):
         unnormalised = jnp.exp(logits - peak[..., None])
         partition = jnp.sum(unnormalised, axis=-1)
         log_z = peak + jnp.log(partition)
-        target = jnp.take_along_axis(logits, tc[..., None].astype(jnp.int32), axis=-1)[..., 0]
-        ce = _per_token_ce(log_z, target, z_loss)
+        ce = _per_token_ce(log_z, _target_logit(logits, tc), z_loss)
         # d(loss)/d(logits) of this chunk; the one-hot term is subtracted with a compare, not a scatter.
         scale = wtc * (1.0 + 2.0 * z_loss * log_z) if z_loss else wtc
         onehot = jnp.arange(vocab, dtype=jnp.int32) == tc[..., None].astype(jnp.int32)
