@@ -322,6 +322,35 @@ def test_bf16_compute_with_f32_params(tiny):
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(stored))
 
 
+def _dot_generals(jaxpr) -> list:
+    """Every dot_general equation of a (closed) jaxpr, nested jaxprs (jit, remat, custom_vjp) included."""
+    out = []
+    for eqn in jaxpr.jaxpr.eqns if hasattr(jaxpr, "jaxpr") else jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            out.append(eqn)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if hasattr(sub, "eqns") or hasattr(sub, "jaxpr"):
+                    out.extend(_dot_generals(sub))
+    return out
+
+
+@pytest.mark.parametrize("attention_query_block", [0, 4])
+def test_bf16_forward_matmuls_take_bf16_and_return_f32(tiny, attention_query_block):
+    """Each matmul of a bf16 forward has bf16 operands and an f32 result (`f32_dot`): XLA's CPU backend runs a
+    dot with a bf16 result as an f32 matmul of upcast operands, at half the bf16 rate."""
+    model, params = tiny
+    cfg = model.config.replace(dtype="bfloat16", attention_query_block=attention_query_block)
+    ids = jnp.arange(20, dtype=jnp.int32).reshape(2, 10)
+    dots = _dot_generals(jax.make_jaxpr(OPTForCausalLM(cfg).apply)({"params": params}, ids))
+    # per layer: q, k, v, scores, probs @ values, out_proj, fc1, fc2; then the LM head
+    blocks = -(-10 // attention_query_block) if attention_query_block else 1
+    assert len(dots) == cfg.num_hidden_layers * (6 + 2 * blocks) + 1
+    for eqn in dots:
+        assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16] * 2, eqn
+        assert eqn.outvars[0].aval.dtype == jnp.float32, eqn
+
+
 def test_dropout_needs_rng_and_is_off_when_deterministic(tiny):
     model, params = tiny
     ids = jnp.arange(20, dtype=jnp.int32).reshape(2, 10)

@@ -92,7 +92,8 @@ def xla_attention(query: jax.Array, key: jax.Array, value: jax.Array, segments: 
     probs = jax.nn.softmax(scores, axis=-1)
     if probs_fn is not None:
         probs = probs_fn(probs)
-    out = jnp.einsum(f"bhqk,{k_spec}->{q_spec}", probs.astype(value.dtype), value)
+    out = jnp.einsum(f"bhqk,{k_spec}->{q_spec}", probs.astype(value.dtype), value,
+                     preferred_element_type=jnp.float32).astype(value.dtype)  # why f32: models/opt.py, f32_dot
     return jnp.swapaxes(out, 1, 2) if heads_major else out
 
 

@@ -19,7 +19,7 @@ applies the rule (models/attention.py: "xla", or the fused "pallas", "splash", "
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -55,6 +55,19 @@ def positions_from_mask(mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.sum(mask[:, 0], axis=-1, dtype=jnp.int32) - 1, 0)
 
 
+def f32_dot(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, precision: Any = None,
+            preferred_element_type: Any = None) -> jax.Array:
+    """`lax.dot_general` that always accumulates into and returns f32 (cast the result to the compute dtype).
+
+    For bf16 inputs this is what the hardware does anyway (MXU, tensor cores and YNNPACK accumulate in f32), but
+    a dot whose *result* is bf16 is not something XLA's CPU backend can run: it upcasts both operands to f32
+    and runs an f32 matmul at half the bf16 rate. Asking for the f32 result lets it keep bf16 operands. The
+    signature is flax's ``dot_general`` hook; ``preferred_element_type`` is overridden.
+    """
+    del preferred_element_type
+    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=jnp.float32)
+
+
 def _partitioned(init: Any, names: tuple[str | None, ...]) -> Any:
     return nn.with_logical_partitioning(init, names)
 
@@ -88,13 +101,14 @@ class _EinsumDense(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", _partitioned(self.kernel_init, self.kernel_axes), self.kernel_shape,
                             self.param_dtype)
-        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.contract)
+        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.contract,
+                          preferred_element_type=jnp.float32)  # why f32: `f32_dot`
         if self.use_bias:
             bias_shape = self.kernel_shape[len(self.kernel_shape) - len(self.bias_axes):]
             bias = self.param("bias", _partitioned(nn.initializers.zeros, self.bias_axes), bias_shape,
                               self.param_dtype)
             y = y + bias.astype(self.dtype)
-        return y
+        return y.astype(self.dtype)
 
 
 class OPTAttention(nn.Module):
@@ -194,6 +208,18 @@ def _layer_norm(cfg: OPTConfig, name: str) -> nn.LayerNorm:
         bias_init=_partitioned(nn.initializers.zeros, ("embed",)), name=name)
 
 
+def _dense(cfg: OPTConfig, features: int, kernel_axes: tuple[str | None, str | None], *, use_bias: bool,
+           name: str) -> Callable[[jax.Array], jax.Array]:
+    """``x @ kernel (+ bias)`` as flax's Dense under the logical ``kernel_axes`` (the bias takes the output's),
+    accumulated in f32 (`f32_dot`) and returned in the compute dtype."""
+    dtype = dtype_of(cfg.dtype)
+    dense = nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=dtype_of(cfg.param_dtype),
+                     kernel_init=_partitioned(nn.initializers.normal(cfg.init_std), kernel_axes),
+                     bias_init=_partitioned(nn.initializers.zeros, kernel_axes[-1:]), dot_general=f32_dot,
+                     name=name)
+    return lambda x: dense(x).astype(dtype)
+
+
 class OPTDecoderLayer(nn.Module):
     """One transformer block; pre-LN (most OPTs) or post-LN (opt-350m) per `do_layer_norm_before`."""
 
@@ -203,8 +229,6 @@ class OPTDecoderLayer(nn.Module):
     def __call__(self, x: jax.Array, segments: AttentionSegments, cache_index: jax.Array, deterministic: bool,
                  decode: bool) -> jax.Array:
         cfg = self.config
-        dtype, param_dtype = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
-        kernel_init = nn.initializers.normal(cfg.init_std)
         pre_ln = cfg.do_layer_norm_before
 
         residual = x
@@ -218,14 +242,10 @@ class OPTDecoderLayer(nn.Module):
         residual = h
         if pre_ln:
             h = _layer_norm(cfg, "final_layer_norm")(h)
-        h = nn.Dense(cfg.ffn_dim, use_bias=cfg.enable_bias, dtype=dtype, param_dtype=param_dtype,
-                     kernel_init=_partitioned(kernel_init, ("embed", "mlp")),
-                     bias_init=_partitioned(nn.initializers.zeros, ("mlp",)), name="fc1")(h)
+        h = _dense(cfg, cfg.ffn_dim, ("embed", "mlp"), use_bias=cfg.enable_bias, name="fc1")(h)
         h = nn.relu(h)
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-        h = nn.Dense(cfg.hidden_size, use_bias=cfg.enable_bias, dtype=dtype, param_dtype=param_dtype,
-                     kernel_init=_partitioned(kernel_init, ("mlp", "embed")),
-                     bias_init=_partitioned(nn.initializers.zeros, ("embed",)), name="fc2")(h)
+        h = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), use_bias=cfg.enable_bias, name="fc2")(h)
         h = nn.Dropout(rate=cfg.dropout)(h, deterministic=deterministic)
         h = residual + h
         if not pre_ln:
@@ -299,8 +319,7 @@ class OPTForCausalLM(nn.Module):
                                 embedding_init=_partitioned(init, ("vocab", "embed")), name="embed_tokens")
         h = embed_tokens(input_ids)
         if cfg.has_projections:
-            h = nn.Dense(cfg.hidden_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-                         kernel_init=_partitioned(init, (None, "embed")), name="project_in")(h)
+            h = _dense(cfg, cfg.hidden_size, (None, "embed"), use_bias=False, name="project_in")(h)
         h = h + nn.Embed(cfg.max_position_embeddings + POSITION_OFFSET, cfg.hidden_size, dtype=dtype,
                          param_dtype=param_dtype, embedding_init=_partitioned(init, ("abspos", "embed")),
                          name="embed_positions")(positions.astype(jnp.int32) + POSITION_OFFSET)
@@ -315,8 +334,7 @@ class OPTForCausalLM(nn.Module):
         if cfg.has_final_layer_norm:
             h = _layer_norm(cfg, "final_layer_norm")(h)
         if cfg.has_projections:
-            h = nn.Dense(cfg.word_embed_proj_dim, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-                         kernel_init=_partitioned(init, ("embed", None)), name="project_out")(h)
+            h = _dense(cfg, cfg.word_embed_proj_dim, ("embed", None), use_bias=False, name="project_out")(h)
         if logits_to_keep > 0:
             h = h[:, -logits_to_keep:]
         if return_hidden:
