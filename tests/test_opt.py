@@ -13,7 +13,7 @@ import pytest
 from optiml_jax.models import configs
 from optiml_jax.models.configs import OPTConfig, get_config, model_config
 from optiml_jax.models.hf_io import load_hf_checkpoint
-from optiml_jax.models.opt import OPTForCausalLM, positions_from_mask, segment_mask
+from optiml_jax.models.opt import OPTForCausalLM, positions_from_mask, segment_mask, tied_embedding
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -349,6 +349,31 @@ def test_bf16_forward_matmuls_take_bf16_and_return_f32(tiny, attention_query_blo
     for eqn in dots:
         assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16] * 2, eqn
         assert eqn.outvars[0].aval.dtype == jnp.float32, eqn
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_tied_embedding_gradient_equals_autodiff(dtype):
+    """`tied_embedding` adds the looked-up rows' cotangents straight into the output projection's; the gradient
+    must equal plain autodiff of take + cast (repeated ids accumulate, unused rows get only the head's part)."""
+    table = jax.random.normal(jax.random.PRNGKey(0), (11, 4), jnp.float32)
+    ids = jnp.asarray([[3, 3, 0], [10, 3, 5]], jnp.int32)
+    rows_ct = jax.random.normal(jax.random.PRNGKey(1), ids.shape + (4,)).astype(dtype)
+    table_ct = jax.random.normal(jax.random.PRNGKey(2), table.shape).astype(dtype)
+
+    def plain(t):
+        return jnp.take(t.astype(dtype), ids, axis=0), t.astype(dtype)
+
+    got_out, got_vjp = jax.vjp(lambda t: tied_embedding(t, ids, dtype), table)
+    want_out, want_vjp = jax.vjp(plain, table)
+    for g, w in zip(got_out, want_out):
+        assert g.dtype == w.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(w, np.float32))
+    (got,), (want,) = got_vjp((rows_ct, table_ct)), want_vjp((rows_ct, table_ct))
+    assert got.dtype == jnp.float32
+    # the sums run in another order (into the head's gradient, not into zeros); bf16 autodiff also sums the
+    # repeated rows in bf16 before the f32 add, ours in f32
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0,
+                               atol=1e-6 if dtype == jnp.float32 else 0.05)
 
 
 def test_dropout_needs_rng_and_is_off_when_deterministic(tiny):

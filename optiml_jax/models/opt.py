@@ -19,11 +19,13 @@ applies the rule (models/attention.py: "xla", or the fused "pallas", "splash", "
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from optiml_jax.models.attention import (
@@ -66,6 +68,34 @@ def f32_dot(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, precision: A
     """
     del preferred_element_type
     return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def tied_embedding(table: jax.Array, ids: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array]:
+    """The rows of the tied embedding ``table`` [V, D] for ``ids`` and the table itself, both in ``dtype``.
+
+    Values as flax's ``Embed(dtype=...)`` lookup and ``table.astype(dtype)``. The custom VJP is for the gradient:
+    plain autodiff scatter-adds the rows' cotangents into a zero-filled [V, D] buffer and then adds that to the
+    output projection's gradient; this adds them straight into the output projection's gradient (one pass over
+    dW fewer, and no [V, D] fill: ~0.17 s of a 3.6 s bf16 CPU step at 125m-2l, where XLA does not fold the add
+    into the scatter itself). Out-of-range ids read NaN rows and get no gradient, as ``jnp.take``'s.
+    """
+    return jnp.take(table, ids, axis=0).astype(dtype), table.astype(dtype)
+
+
+def _tied_embedding_fwd(table, ids, dtype):
+    return tied_embedding(table, ids, dtype), (ids, jnp.zeros((), table.dtype))
+
+
+def _tied_embedding_bwd(dtype, residuals, cotangents):
+    del dtype
+    ids, like = residuals
+    rows_ct, table_ct = cotangents
+    table_ct = table_ct.astype(like.dtype).at[ids].add(rows_ct.astype(like.dtype), mode="drop")
+    return table_ct, np.zeros(ids.shape, jax.dtypes.float0)
+
+
+tied_embedding.defvjp(_tied_embedding_fwd, _tied_embedding_bwd)
 
 
 def _partitioned(init: Any, names: tuple[str | None, ...]) -> Any:
@@ -317,7 +347,7 @@ class OPTForCausalLM(nn.Module):
         init = nn.initializers.normal(cfg.init_std)
         embed_tokens = nn.Embed(cfg.vocab_size, cfg.word_embed_proj_dim, dtype=dtype, param_dtype=param_dtype,
                                 embedding_init=_partitioned(init, ("vocab", "embed")), name="embed_tokens")
-        h = embed_tokens(input_ids)
+        h, output_embedding = tied_embedding(embed_tokens.embedding, input_ids, dtype)
         if cfg.has_projections:
             h = _dense(cfg, cfg.hidden_size, (None, "embed"), use_bias=False, name="project_in")(h)
         h = h + nn.Embed(cfg.max_position_embeddings + POSITION_OFFSET, cfg.hidden_size, dtype=dtype,
@@ -340,9 +370,9 @@ class OPTForCausalLM(nn.Module):
         if return_hidden:
             if decode:  # the NaN marking of a cache overflow lives on the logits
                 raise ValueError("return_hidden=True is for full forwards; decode=True returns logits")
-            return h.astype(dtype), embed_tokens.embedding.astype(dtype)
+            return h.astype(dtype), output_embedding
         # Tied output projection, accumulated in f32 even for bf16 compute.
-        logits = jnp.einsum("bld,vd->blv", h.astype(dtype), embed_tokens.embedding.astype(dtype),
+        logits = jnp.einsum("bld,vd->blv", h.astype(dtype), output_embedding,
                             preferred_element_type=jnp.float32)
         if overflow is not None:
             logits = jnp.where(overflow, jnp.nan, logits)
