@@ -84,6 +84,7 @@ def tied_embedding(table: jax.Array, ids: jax.Array, dtype: Any) -> tuple[jax.Ar
 
 
 def _tied_embedding_fwd(table, ids, dtype):
+    # The scalar only carries the table's dtype to the backward pass, whose gradient must come back in it.
     return tied_embedding(table, ids, dtype), (ids, jnp.zeros((), table.dtype))
 
 
