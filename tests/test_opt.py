@@ -336,12 +336,13 @@ def _dot_generals(jaxpr) -> list:
 
 
 @pytest.mark.parametrize("attention_query_block", [0, 4])
-def test_bf16_forward_matmuls_take_bf16_and_return_f32(tiny, attention_query_block):
-    """Each matmul of a bf16 forward has bf16 operands and an f32 result (`f32_dot`): XLA's CPU backend runs a
-    dot with a bf16 result as an f32 matmul of upcast operands, at half the bf16 rate."""
+def test_bf16_forward_matmuls_take_bf16_and_return_f32_on_cpu(tiny, attention_query_block):
+    """Each matmul of a bf16 forward on CPU has bf16 operands and an f32 result (`models.matmul`): XLA's CPU
+    backend runs a dot with a bf16 result as an f32 matmul of upcast operands, at half the bf16 rate."""
     model, params = tiny
     cfg = model.config.replace(dtype="bfloat16", attention_query_block=attention_query_block)
     ids = jnp.arange(20, dtype=jnp.int32).reshape(2, 10)
+    assert jax.default_backend() == "cpu"
     dots = _dot_generals(jax.make_jaxpr(OPTForCausalLM(cfg).apply)({"params": params}, ids))
     # per layer: q, k, v, scores, probs @ values, out_proj, fc1, fc2; then the LM head
     blocks = -(-10 // attention_query_block) if attention_query_block else 1
@@ -349,6 +350,39 @@ def test_bf16_forward_matmuls_take_bf16_and_return_f32(tiny, attention_query_blo
     for eqn in dots:
         assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16] * 2, eqn
         assert eqn.outvars[0].aval.dtype == jnp.float32, eqn
+
+
+@pytest.mark.parametrize("attention_query_block", [0, 4])
+def test_bf16_gradient_matmuls_stay_bf16_on_accelerators(tiny, monkeypatch, attention_query_block):
+    """On GPU/TPU the layers' bf16 matmuls return bf16 (flax's default), so that every gradient matmul but the
+    softmax-feeding ones (scores, LM head) has two bf16 operands: an f32 cotangent against a bf16 operand is
+    upcast by XLA to an f32 matmul, at half the tensor cores' bf16 rate. The backend is what `jax.default_backend`
+    says at trace time; only the traced program is inspected, so a CPU can check it."""
+    model, params = tiny
+    cfg = model.config.replace(dtype="bfloat16", attention_query_block=attention_query_block)
+    ids = jnp.arange(20, dtype=jnp.int32).reshape(2, 10)
+    m = OPTForCausalLM(cfg)
+
+    def loss(p):
+        return jnp.mean(m.apply({"params": p}, ids).astype(jnp.float32))
+
+    def mixed_and_pure(backend):
+        monkeypatch.setattr(jax, "default_backend", lambda: backend)
+        dots = _dot_generals(jax.make_jaxpr(jax.grad(loss))(params))
+        kinds = [tuple(v.aval.dtype for v in e.invars) for e in dots]
+        return sum(len(set(k)) > 1 for k in kinds), sum(k == (jnp.bfloat16,) * 2 for k in kinds), dots
+
+    blocks = -(-10 // attention_query_block) if attention_query_block else 1
+    mixed, pure, dots = mixed_and_pure("gpu")
+    # mixed only where an f32 result feeds a softmax: scores (2 per block: dq, dk) and the LM head (dh, dW)
+    assert mixed == cfg.num_hidden_layers * 2 * blocks + 2, dots
+    for name in ("gpu", "tpu"):
+        monkeypatch.setattr(jax, "default_backend", lambda n=name: n)
+        forward = _dot_generals(jax.make_jaxpr(m.apply)({"params": params}, ids))
+        # per layer q, k, v, probs @ values, out_proj, fc1, fc2 return bf16; scores and the LM head f32
+        assert sum(e.outvars[0].aval.dtype == jnp.bfloat16 for e in forward) == cfg.num_hidden_layers * (6 + blocks)
+    cpu_mixed, cpu_pure, _ = mixed_and_pure("cpu")
+    assert cpu_mixed > mixed and cpu_pure < pure  # on CPU the layers' f32 results make their gradients mixed
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

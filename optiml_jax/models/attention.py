@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from optiml_jax.models.configs import ATTENTION_KERNELS
+from optiml_jax.models.matmul import dot_result_dtype
 
 FUSED_KERNELS: tuple[str, ...] = tuple(k for k in ATTENTION_KERNELS if k != "xla")
 
@@ -93,7 +94,7 @@ def xla_attention(query: jax.Array, key: jax.Array, value: jax.Array, segments: 
     if probs_fn is not None:
         probs = probs_fn(probs)
     out = jnp.einsum(f"bhqk,{k_spec}->{q_spec}", probs.astype(value.dtype), value,
-                     preferred_element_type=jnp.float32).astype(value.dtype)  # why f32: models/opt.py, f32_dot
+                     preferred_element_type=dot_result_dtype(value.dtype)).astype(value.dtype)
     return jnp.swapaxes(out, 1, 2) if heads_major else out
 
 

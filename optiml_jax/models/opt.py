@@ -36,6 +36,7 @@ from optiml_jax.models.attention import (
     xla_attention,
 )
 from optiml_jax.models.configs import OPTConfig
+from optiml_jax.models.matmul import compute_dot, dot_result_dtype
 
 # OPT reserves the first two rows of its position table (fairseq's padding_idx + 1 offset).
 POSITION_OFFSET = 2
@@ -55,19 +56,6 @@ def dtype_of(name: str) -> Any:
 def positions_from_mask(mask: jax.Array) -> jax.Array:
     """0-based position of each query inside its segment: the number of earlier same-segment keys it sees."""
     return jnp.maximum(jnp.sum(mask[:, 0], axis=-1, dtype=jnp.int32) - 1, 0)
-
-
-def f32_dot(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, precision: Any = None,
-            preferred_element_type: Any = None) -> jax.Array:
-    """`lax.dot_general` that always accumulates into and returns f32 (cast the result to the compute dtype).
-
-    For bf16 inputs this is what the hardware does anyway (MXU, tensor cores and YNNPACK accumulate in f32), but
-    a dot whose *result* is bf16 is not something XLA's CPU backend can run: it upcasts both operands to f32
-    and runs an f32 matmul at half the bf16 rate. Asking for the f32 result lets it keep bf16 operands. The
-    signature is flax's ``dot_general`` hook; ``preferred_element_type`` is overridden.
-    """
-    del preferred_element_type
-    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -133,7 +121,7 @@ class _EinsumDense(nn.Module):
         kernel = self.param("kernel", _partitioned(self.kernel_init, self.kernel_axes), self.kernel_shape,
                             self.param_dtype)
         y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.contract,
-                          preferred_element_type=jnp.float32)  # why f32: `f32_dot`
+                          preferred_element_type=dot_result_dtype(self.dtype))
         if self.use_bias:
             bias_shape = self.kernel_shape[len(self.kernel_shape) - len(self.bias_axes):]
             bias = self.param("bias", _partitioned(nn.initializers.zeros, self.bias_axes), bias_shape,
@@ -242,11 +230,11 @@ def _layer_norm(cfg: OPTConfig, name: str) -> nn.LayerNorm:
 def _dense(cfg: OPTConfig, features: int, kernel_axes: tuple[str | None, str | None], *, use_bias: bool,
            name: str) -> Callable[[jax.Array], jax.Array]:
     """``x @ kernel (+ bias)`` as flax's Dense under the logical ``kernel_axes`` (the bias takes the output's),
-    accumulated in f32 (`f32_dot`) and returned in the compute dtype."""
+    returned in the compute dtype (the matmul's own result dtype is `models.matmul`'s choice)."""
     dtype = dtype_of(cfg.dtype)
     dense = nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=dtype_of(cfg.param_dtype),
                      kernel_init=_partitioned(nn.initializers.normal(cfg.init_std), kernel_axes),
-                     bias_init=_partitioned(nn.initializers.zeros, kernel_axes[-1:]), dot_general=f32_dot,
+                     bias_init=_partitioned(nn.initializers.zeros, kernel_axes[-1:]), dot_general=compute_dot,
                      name=name)
     return lambda x: dense(x).astype(dtype)
 
