@@ -101,11 +101,20 @@ class OursStep:
 
 
 class HFStep:
-    """HF `OPTForCausalLM` training step: forward with labels, backward, grad clipping, torch.optim.AdamW."""
+    """HF `OPTForCausalLM` training step: forward with labels, backward, grad clipping, torch.optim.AdamW.
+
+    ``autocast="bfloat16"`` runs the forward under ``torch.autocast("cpu", bfloat16)``, PyTorch's own mixed
+    precision (f32 weights and AdamW state, bf16 matmuls): the like-for-like baseline of our bf16-compute step.
+    """
 
     def __init__(self, config: Any, params: Any, batch: dict[str, np.ndarray],
-                 attn_implementation: str = "sdpa", seed: int = 0, compile: bool = False):
+                 attn_implementation: str = "sdpa", seed: int = 0, compile: bool = False,
+                 autocast: str | None = None):
         import torch
+
+        if autocast not in (None, "bfloat16"):
+            raise ValueError(f"autocast must be None or 'bfloat16', got {autocast!r}")
+        self.autocast = autocast
 
         from bench.hf import hf_model_from_params
 
@@ -124,16 +133,19 @@ class HFStep:
         self.labels = torch.from_numpy(full[:, :-1].astype(np.int64))
         self.attention_mask = torch.ones_like(self.input_ids)
         self.last_loss: float | None = None
+        self.last_logits_dtype: Any = None  # bf16 under autocast: what shows that autocast took effect
 
     def __call__(self) -> None:
         import torch
 
         self.opt.zero_grad(set_to_none=True)
-        out = self.forward(input_ids=self.input_ids, attention_mask=self.attention_mask, labels=self.labels)
+        with (torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()):
+            out = self.forward(input_ids=self.input_ids, attention_mask=self.attention_mask, labels=self.labels)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
         self.opt.step()
         self.last_loss = float(out.loss.detach())
+        self.last_logits_dtype = out.logits.dtype
 
 
 def compare_with_hf(model: str, *, batch: int, seq_len: int, repeats: int,
@@ -257,16 +269,17 @@ def step_memory(model: str, *, seq_len: int, batches: Sequence[int] = (1, 2)) ->
 
 
 def step_variants(model: str, variants: dict[str, dict[str, Any]], *, batch: int, seq_len: int, repeats: int,
-                  include_hf: bool = True, include_hf_compiled: bool = False, peak_size: int = 2048,
-                  peak_seconds: float = 1.0) -> dict[str, Any]:
+                  include_hf: bool = True, include_hf_compiled: bool = False, include_hf_bf16: bool = True,
+                  peak_size: int = 2048, peak_seconds: float = 1.0) -> dict[str, Any]:
     """Seconds per train step of several variants of our step (``{"name": {"dtype": ..., "remat": ...,
     "ce_chunk_tokens": ..., "modules_at": (rev, module names)}}``; "modules_at" builds the step with those
-    modules as they were at git revision ``rev``, see `bench.revisions`), HF PyTorch's f32 step and the f32 and
-    bf16 [peak_size]^3 matmuls (samples of ~``peak_seconds`` each), all round-robin in one process; plus each
-    variant's compiled temp bytes.
+    modules as they were at git revision ``rev``, see `bench.revisions`), HF PyTorch's f32 step (eager, and with
+    ``include_hf_bf16`` under bf16 autocast) and the f32 and bf16 [peak_size]^3 matmuls (samples of
+    ~``peak_seconds`` each), all round-robin in one process; plus each variant's compiled temp bytes.
 
-    Returns per entry the summary, tokens/s and, for our variants, the ratio to HF and the share of the
-    same-run matmul in the variant's dtype (model FLOPs/s / matmul FLOP/s: MFU against a measured matmul).
+    Returns per entry the summary, tokens/s and, for our variants, the ratios to HF (f32 eager; bf16 variants
+    also to HF under bf16 autocast, the like-for-like baseline) and the share of the same-run matmul in the
+    variant's dtype (model FLOPs/s / matmul FLOP/s: MFU against a measured matmul).
     """
     cfg0 = bench_config(model, seq_len)
     fns: dict[str, Any] = {}
@@ -282,6 +295,8 @@ def step_variants(model: str, variants: dict[str, dict[str, Any]], *, batch: int
         fns["hf"] = HFStep(cfg0, first.params_numpy(), first.batch)
     if include_hf_compiled:
         fns["hf_compiled"] = HFStep(cfg0, first.params_numpy(), first.batch, compile=True)
+    if include_hf_bf16:
+        fns["hf_bf16"] = HFStep(cfg0, first.params_numpy(), first.batch, autocast="bfloat16")
     # Each peak sample is ~1 s of back-to-back matmuls: a single 0.1 s matmul right after a step came out
     # 25% below the machine's rate (thread wake-up, cold caches), making the step look faster than the peak.
     matmul_reps: dict[str, int] = {}
@@ -315,6 +330,8 @@ def step_variants(model: str, variants: dict[str, dict[str, Any]], *, batch: int
             e["best_ratio_over_hf"] = ratio(out["entries"]["hf"]["best_s"], e["best_s"])
         if include_hf_compiled:
             e["ratio_over_hf_compiled"] = ratio(e["tokens_per_s"], out["entries"]["hf_compiled"]["tokens_per_s"])
+        if include_hf_bf16 and dtype == "bfloat16":
+            e["ratio_over_hf_bf16"] = ratio(e["tokens_per_s"], out["entries"]["hf_bf16"]["tokens_per_s"])
     return out
 
 
@@ -328,8 +345,11 @@ STANDARD_VARIANTS: dict[str, dict[str, Any]] = {
     "bf16 compute, full logits": {"dtype": "bfloat16", "ce_chunk_tokens": 0},
     "bf16 compute, default chunk": {"dtype": "bfloat16"},
     "bf16 compute, chunks of 256": {"dtype": "bfloat16", "ce_chunk_tokens": 256},
-    # Causal block skipping of the XLA attention (OPTConfig.attention_query_block), the CPU's best settings.
+    # Causal block skipping of the XLA attention (OPTConfig.attention_query_block), the CPU's best settings;
+    # f32 with chunks of 512 too: the f32 step's best chunk in two sweeps (bench/README.md).
     "f32, chunks of 256, query blocks of 128": {"dtype": "float32", "ce_chunk_tokens": 256,
+                                                "attention_query_block": 128},
+    "f32, chunks of 512, query blocks of 128": {"dtype": "float32", "ce_chunk_tokens": 512,
                                                 "attention_query_block": 128},
     "bf16 compute, chunks of 256, query blocks of 128": {"dtype": "bfloat16", "ce_chunk_tokens": 256,
                                                          "attention_query_block": 128},
@@ -340,10 +360,11 @@ def variants_markdown(result: Mapping[str, Any]) -> str:
     """The step-variant table (median and best seconds, ratios to HF eager and compiled, share of the
     same-run matmul, compiled temporaries)."""
     e = result["entries"]
+    malloc = result.get("machine", {}).get("malloc")
     lines = [f"Train step, {result['model']}, {result['batch']} x {result['seq_len']}, one round-robin "
-             f"(load {result.get('load', '?')}):", "",
-             "| step | median s | best s | vs HF eager | vs HF torch.compile | model FLOP/s / same-run matmul "
-             "(not a hardware peak) | compiled temp |", "|---|---|---|---|---|---|---|"]
+             f"(load {result.get('load', '?')}{f'; malloc: {malloc}' if malloc else ''}):", "",
+             "| step | median s | best s | vs HF eager | vs HF torch.compile | vs HF bf16 autocast | model FLOP/s / "
+             "same-run matmul (not a hardware peak) | compiled temp |", "|---|---|---|---|---|---|---|---|"]
 
     def f(x: Any, fmt: str = "{:.3g}") -> str:
         return "-" if x is None else fmt.format(x)
@@ -353,23 +374,24 @@ def variants_markdown(result: Mapping[str, Any]) -> str:
             continue
         temp = r.get("temp_bytes")
         lines.append(f"| {name} | {f(r['median_s'])} | {f(r['best_s'])} | {f(r.get('ratio_over_hf'), '{:.2f}x')} | "
-                     f"{f(r.get('ratio_over_hf_compiled'), '{:.2f}x')} | "
+                     f"{f(r.get('ratio_over_hf_compiled'), '{:.2f}x')} | {f(r.get('ratio_over_hf_bf16'), '{:.2f}x')} | "
                      f"{f(r['mfu_vs_same_run_matmul'], '{:.0%}')} | {f(temp and temp / 1e9, '{:.2f} GB')} |")
-    for name, label in (("hf", "HF PyTorch f32 (eager)"), ("hf_compiled", "HF PyTorch f32, torch.compile")):
+    for name, label in (("hf", "HF PyTorch f32 (eager)"), ("hf_compiled", "HF PyTorch f32, torch.compile"),
+                        ("hf_bf16", "HF PyTorch, bf16 autocast (eager)")):
         if name in e:
-            lines.append(f"| {label} | {f(e[name]['median_s'])} | {f(e[name]['best_s'])} | - | - | - | - |")
+            lines.append(f"| {label} | {f(e[name]['median_s'])} | {f(e[name]['best_s'])} | - | - | - | - | - |")
     m32, m16 = e["matmul_float32"], e["matmul_bfloat16"]
     r32, r16 = m32.get("reps", 1), m16.get("reps", 1)  # seconds per matmul; each sample ran `reps` of them
     lines.append(f"| {result.get('peak_size', 2048)}^3 matmul f32 / bf16 (samples of {r32} / {r16}) | "
                  f"{f(m32['median_s'] / r32)} / {f(m16['median_s'] / r16)} | {f(m32['best_s'] / r32)} / "
-                 f"{f(m16['best_s'] / r16)} | - | - | "
+                 f"{f(m16['best_s'] / r16)} | - | - | - | "
                  f"{m32['flops_per_s'] / 1e9:.0f} / {m16['flops_per_s'] / 1e9:.0f} GFLOP/s | - |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: `python -m bench.train_step` times `STANDARD_VARIANTS`, HF eager and HF with torch.compile, and
-    both matmuls round-robin; writes bench/results/step_variants.{json,md}."""
+    """CLI: `python -m bench.train_step` times `STANDARD_VARIANTS`, HF eager, HF with torch.compile, HF under
+    bf16 autocast, and both matmuls round-robin; writes bench/results/step_variants.{json,md}."""
     import argparse
     import os
     import sys
@@ -382,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seq_len", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no_compile", action="store_true", help="leave out HF with torch.compile")
+    p.add_argument("--no_hf_bf16", action="store_true", help="leave out HF under bf16 autocast")
     p.add_argument("--only", action="append", metavar="SUBSTR", default=None,
                    help="time only the standard variants whose name contains SUBSTR (repeatable)")
     p.add_argument("--before", metavar="REV", default=None,
@@ -420,7 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_threads()
     load0 = os.getloadavg()[0]
     result = step_variants(args.model, variants, batch=args.batch, seq_len=args.seq_len,
-                           repeats=args.repeats, include_hf_compiled=not args.no_compile)
+                           repeats=args.repeats, include_hf_compiled=not args.no_compile,
+                           include_hf_bf16=not args.no_hf_bf16)
     result["load"] = f"{load0:.1f} -> {os.getloadavg()[0]:.1f}"
     result["machine"] = machine_info()
     write_results(args.out_dir, "step_variants", result, variants_markdown(result))

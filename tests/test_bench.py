@@ -159,3 +159,43 @@ def test_compile_only_sections_and_scaling_subprocess():
     assert {r["model"] for r in rows} == {"opt-30b", "opt-175b"}
     assert all(np.isfinite(r["memory_total_per_gpu_bytes"]) for r in rows)
     assert "## Scaling" in report.render_markdown(record)
+
+
+def test_step_variants_compare_bf16_with_hf_under_bf16_autocast():
+    """The bf16 step's like-for-like baseline is HF under torch's bf16 autocast (f32 weights and AdamW state)."""
+    import torch
+
+    from bench import train_step
+
+    variants = {"f32": {"dtype": "float32"}, "bf16": {"dtype": "bfloat16"}}
+    r = train_step.step_variants("micro", variants, batch=2, seq_len=16, repeats=1, peak_size=64,
+                                 peak_seconds=0.01)
+    e = r["entries"]
+    assert {"f32", "bf16", "hf", "hf_bf16", "matmul_float32", "matmul_bfloat16"} == set(e)
+    assert math.isclose(e["bf16"]["ratio_over_hf_bf16"], e["bf16"]["tokens_per_s"] / e["hf_bf16"]["tokens_per_s"])
+    assert "ratio_over_hf_bf16" not in e["f32"]  # f32 is compared with HF's f32 step only
+    md = train_step.variants_markdown(r)
+    assert "vs HF bf16 autocast" in md and "| HF PyTorch, bf16 autocast (eager) |" in md
+    assert all(line.count("|") == 9 for line in md.splitlines() if line.startswith("|"))
+
+    cfg = train_step.bench_config("micro", 16)
+    ours = train_step.OursStep(cfg, 2, 16)
+    f32 = train_step.HFStep(cfg, ours.params_numpy(), ours.batch)
+    bf16 = train_step.HFStep(cfg, ours.params_numpy(), ours.batch, autocast="bfloat16")
+    f32(), bf16()
+    assert f32.last_logits_dtype == torch.float32 and bf16.last_logits_dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())  # master weights stay f32
+    assert abs(f32.last_loss - bf16.last_loss) < 0.1  # same weights and batch, bf16 rounding (+ dropout)
+    with pytest.raises(ValueError, match="autocast"):
+        train_step.HFStep(cfg, ours.params_numpy(), ours.batch, autocast="float16")
+
+
+def test_malloc_library_names_the_mapped_allocator(tmp_path):
+    from bench.common import malloc_library
+
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n")
+    assert malloc_library(str(maps)) == "glibc"
+    maps.write_text(maps.read_text() + "7f02-7f03 r-xp 0 08:01 2 /lib/x86_64-linux-gnu/libtcmalloc.so.4\n")
+    assert malloc_library(str(maps)) == "tcmalloc"
+    assert malloc_library(str(tmp_path / "absent")) == "unknown"
