@@ -346,7 +346,7 @@ STANDARD_VARIANTS: dict[str, dict[str, Any]] = {
     "bf16 compute, default chunk": {"dtype": "bfloat16"},
     "bf16 compute, chunks of 256": {"dtype": "bfloat16", "ce_chunk_tokens": 256},
     # Causal block skipping of the XLA attention (OPTConfig.attention_query_block), the CPU's best settings;
-    # f32 with chunks of 512 too: the f32 step's best chunk in two sweeps (bench/README.md).
+    # f32 with chunks of 512 too: the f32 step's best chunk in all three sweeps so far (bench/README.md).
     "f32, chunks of 256, query blocks of 128": {"dtype": "float32", "ce_chunk_tokens": 256,
                                                 "attention_query_block": 128},
     "f32, chunks of 512, query blocks of 128": {"dtype": "float32", "ce_chunk_tokens": 512,
@@ -357,8 +357,8 @@ STANDARD_VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def variants_markdown(result: Mapping[str, Any]) -> str:
-    """The step-variant table (median and best seconds, ratios to HF eager and compiled, share of the
-    same-run matmul, compiled temporaries)."""
+    """The step-variant table (median and best seconds, ratios to HF eager, compiled and, for bf16 variants,
+    under bf16 autocast; share of the same-run matmul, compiled temporaries; the run's malloc)."""
     e = result["entries"]
     malloc = result.get("machine", {}).get("malloc")
     lines = [f"Train step, {result['model']}, {result['batch']} x {result['seq_len']}, one round-robin "
